@@ -1,0 +1,135 @@
+"""Tiny but real checkpoints that ComfyUI's stock loaders accept, built from a seed (never downloaded).
+
+- an SD1.5-family checkpoint: the smallest UNet that `CheckpointLoaderSimple` detects as SD15
+  (model_channels 320, context_dim 768, one level; comfyui-runtime.md §4.1), TAESD as its VAE, and
+  optionally a random CLIP-L text encoder;
+- a CLIP-vision ViT-L/14 that `CLIPVisionLoader` loads (random weights, 304M parameters).
+
+ComfyUI's ops skip weight init, so every tensor is drawn here explicitly: outputs are finite and differ by seed.
+CLIP weights come from NumPy's legacy `RandomState` so the same seed gives the same file on every platform.
+Needs ComfyUI importable (tests/comfy_runtime.py).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+BUILDER_VERSION = 1
+
+SD15_TINY_UNET = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1],
+    "channel_mult": [1],
+    "transformer_depth": [1],
+    "transformer_depth_output": [0, 0],
+    "transformer_depth_middle": -2,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "use_linear_in_transformer": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+def init_fan_in_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """Norms to identity, biases to zero, every other weight N(0, 1/fan_in): finite, seed-dependent outputs."""
+    for sub in module.modules():
+        for name, param in sub.named_parameters(recurse=False):
+            with torch.no_grad():
+                if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and name == "weight":
+                    param.fill_(1.0)
+                elif name == "bias" or param.ndim < 2:
+                    param.zero_()
+                else:
+                    fan_in = param[0].numel()
+                    param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
+    return module
+
+
+def tiny_unet_state_dict(seed: int, unet_config: dict = SD15_TINY_UNET) -> dict:
+    """ComfyUI's own UNetModel with explicit init, keys as in a checkpoint (`model.diffusion_model.`)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = UNetModel(**unet_config, operations=comfy.ops.disable_weight_init)
+    init_fan_in_(unet, torch.Generator().manual_seed(seed))
+    return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+
+
+def taesd_state_dict(seed: int) -> dict:
+    """TAESD encoder+decoder, fan-in init so decoded images are not all black."""
+    from comfy.taesd.taesd import TAESD
+
+    vae = init_fan_in_(TAESD(), torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        vae.vae_scale.fill_(1.0)
+        vae.vae_shift.fill_(0.0)
+    return {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+
+
+def random_state_tensors(shapes: dict, seed: int, std: float = 0.02) -> dict:
+    """Platform-stable random weights: N(0, std) from NumPy's RandomState; norms at 1/0, biases 0."""
+    rng = np.random.RandomState(seed)
+    tensors = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        if "norm" in key or "layrnorm" in key:
+            value = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
+        elif key.endswith("bias"):
+            value = np.zeros(shape)
+        else:
+            value = rng.standard_normal(shape) * std
+        tensors[key] = torch.from_numpy(value.astype(np.float16))
+    return tensors
+
+
+def clip_l_state_dict(seed: int) -> dict:
+    """A random CLIP-L text encoder with SD1.5's fixed config, keys under `cond_stage_model.transformer.`."""
+    import comfy.clip_model
+    import comfy.ops
+
+    config_path = Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json"
+    config = json.loads(config_path.read_text())
+    with torch.device("meta"):
+        model = comfy.clip_model.CLIPTextModel(config, torch.float16, "meta", comfy.ops.manual_cast)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tensors = random_state_tensors(shapes, seed + 2)
+    return {f"cond_stage_model.transformer.{k}": v for k, v in tensors.items()}
+
+
+def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = False) -> Path:
+    """The smallest SD1.5-family checkpoint: UNet (13.6M) + TAESD (2.45M) [+ CLIP-L (123M)], UNet in fp16."""
+    state = {k: v.half() for k, v in tiny_unet_state_dict(seed).items()}
+    state.update(taesd_state_dict(seed))
+    if with_clip:
+        state.update(clip_l_state_dict(seed))
+    return _atomic_save(state, path)
+
+
+def write_clip_vision_vit_l(path: Path, seed: int = 0) -> Path:
+    """A random CLIP-vision ViT-L/14 (224 px) in the layout `comfy.clip_vision.load` detects."""
+    import comfy.clip_vision
+
+    config = Path(comfy.clip_vision.__file__).parent / "clip_vision_config_vitl.json"
+    with torch.device("meta"):
+        model = comfy.clip_vision.ClipVisionModel(str(config))
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    return _atomic_save(random_state_tensors(shapes, seed + 3), path)
+
+
+def _atomic_save(state: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    return path
