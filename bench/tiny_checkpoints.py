@@ -133,3 +133,36 @@ def _atomic_save(state: dict, path: Path) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(path)
     return path
+
+
+def tiny_hypernet(seed: int = 0, encoder: str = "embedded", rank: int = 4, lora_std: float = 0.02):
+    """A small HyperSubject net for the tiny SD1.5 UNet; its up heads are randomised (an untrained net predicts
+    "no change") so that its LoRAs visibly change the model."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, find_targets
+
+    with torch.device("meta"):
+        unet = UNetModel(**SD15_TINY_UNET, operations=comfy.ops.disable_weight_init)
+    spec = (EncoderSpec("embedded", image_size=64, token_dim=64, width=16) if encoder == "embedded"
+            else EncoderSpec("clip_vision", image_size=224, token_dim=1024, clip_vision_size="vit-l-14"))
+    config = HyperNetConfig(family="sd15", targets=tuple(find_targets(unet)), rank=rank, alpha=float(rank),
+                            d_model=32, n_layers=1, n_heads=2, encoder=spec)
+    torch.manual_seed(seed)
+    net = HyperNet(config)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if ".heads.up_" in f".{name}":
+                param.normal_(0, lora_std)
+    return net
+
+
+def write_tiny_hypernet(path: Path, seed: int = 0, encoder: str = "embedded") -> Path:
+    """`tiny_hypernet` saved in the HyperSubject checkpoint format."""
+    from hypernet import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(str(path), tiny_hypernet(seed, encoder), training={"note": "random weights for tests"})
+    return path

@@ -3,11 +3,13 @@ import torch
 
 from comfy_runtime import import_comfy
 
+COMFY_ROOT = import_comfy()  # before collection, so test modules may import comfy at the top
+
 
 @pytest.fixture(scope="session")
 def comfy_root():
     """ComfyUI imported in-process on the CPU; its root folder."""
-    return import_comfy()
+    return COMFY_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +36,32 @@ def server(tmp_path_factory, checkpoints):
     instance.start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_root, tmp_path_factory):
+    """This pack loaded by ComfyUI's own custom-node loader, in-process; its node classes by node id."""
+    from node_harness import load_pack
+
+    return load_pack(tmp_path_factory.mktemp("custom_nodes"))
+
+
+@pytest.fixture(scope="session")
+def sd15(comfy_root, checkpoints):
+    """(MODEL, CLIP, VAE) of the tiny SD1.5-family checkpoint, through the stock loader."""
+    import comfy.sd
+
+    return comfy.sd.load_checkpoint_guess_config(str(checkpoints["sd15_tiny_clip.safetensors"]))[:3]
+
+
+@pytest.fixture(scope="session")
+def hypernet_files(pack, tmp_path_factory):
+    """Tiny hypernets in a folder registered as models/hypersubject/: names → paths."""
+    import folder_paths
+    from bench.tiny_checkpoints import write_tiny_hypernet
+
+    folder = tmp_path_factory.mktemp("hypersubject")
+    folder_paths.add_model_folder_path("hypersubject", str(folder))
+    return {"tiny.safetensors": write_tiny_hypernet(folder / "tiny.safetensors", seed=0),
+            "tiny_clip_vision.safetensors": write_tiny_hypernet(folder / "tiny_clip_vision.safetensors", seed=1,
+                                                                encoder="clip_vision")}

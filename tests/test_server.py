@@ -47,3 +47,14 @@ def test_a_requeued_graph_is_served_from_the_cache(server):
     again = server.run(graph)
     cached = next(m["data"]["nodes"] for m in again["messages"] if m["type"] == "execution_cached")
     assert set(cached) == set(graph)
+
+
+def test_every_node_of_the_pack_appears_in_object_info_with_tooltips(server):
+    from node_harness import NODE_IDS
+
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert node_id in info, f"{node_id} missing from /object_info"
+        inputs = {**info[node_id]["input"]["required"], **info[node_id]["input"].get("optional", {})}
+        untipped = [name for name, spec in inputs.items() if not spec[1].get("tooltip")]
+        assert not untipped, f"{node_id}: inputs without a tooltip: {untipped}"

@@ -1,0 +1,164 @@
+"""HM-CFG against its formula, stock-KSampler equivalence, both paths, and compatibility with samplers and patches."""
+import comfy.samplers
+import nodes
+import pytest
+import torch
+
+from node_harness import conditioning, one_step_denoised, predicted_lora, run
+
+S_TEXT, S_SUBJECT = 4.0, 2.5
+
+
+@pytest.fixture(scope="module")
+def setup(pack, sd15, hypernet_files):
+    model, clip, _ = sd15
+    lora = predicted_lora(pack)
+    (personalized,) = run(pack["HyperSubjectApplyLoRA"], model=model, subject_lora=lora, strength=1.0)
+    return {"base": model, "personalized": personalized, "lora": lora,
+            "positive": conditioning(clip, "a toy on a blue background"), "negative": conditioning(clip, "")}
+
+
+def single_model_prediction(model, cond, sigma):
+    """ε from one model and one cond alone (cfg 1 evaluates the cond only)."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(cond, cond)
+    guider.set_cfg(1.0)
+    return one_step_denoised(guider, sigma)
+
+
+def formula_reference(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT):
+    u = single_model_prediction(setup["base"], setup["negative"], sigma)
+    c = single_model_prediction(setup["base"], setup["positive"], sigma)
+    p = single_model_prediction(personalized, setup["positive"], sigma)
+    return u + s_text * (c - u) + s_subject * (p - c), (p - c).abs().max()
+
+
+def hmcfg_prediction(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT, fast=None):
+    (guider,) = run(setup["pack_guider"], base_model=setup["base"], personalized_model=personalized,
+                    positive=setup["positive"], negative=setup["negative"], s_text=s_text, s_subject=s_subject,
+                    start_percent=0.0, end_percent=1.0)
+    if fast is not None:
+        assert guider.fast is fast
+    return one_step_denoised(guider, sigma)
+
+
+@pytest.fixture(autouse=True)
+def _guider_class(setup, pack):
+    setup["pack_guider"] = pack["HMCFGGuider"]
+
+
+@pytest.mark.parametrize("sigma", [14.0, 1.0, 0.1])
+def test_the_fast_path_equals_the_formula_from_three_separate_evaluations(setup, sigma):
+    expected, subject_effect = formula_reference(setup, setup["personalized"], sigma)
+    got = hmcfg_prediction(setup, setup["personalized"], sigma, fast=True)
+    assert subject_effect > 1e-3, "the LoRA must change the prediction for this test to mean anything"
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_the_general_path_equals_the_formula_for_a_stock_loraloader_model(setup, pack, tmp_path):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="general", subfolder="")
+    (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, 1.0)
+    expected, subject_effect = formula_reference(setup, stock_personalized, 1.0)
+    got = hmcfg_prediction(setup, stock_personalized, 1.0, fast=False)
+    assert subject_effect > 1e-3
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_s_text_zero_still_adds_the_subject_term(setup):
+    expected, _ = formula_reference(setup, setup["personalized"], 1.0, s_text=0.0, s_subject=1.5)
+    got = hmcfg_prediction(setup, setup["personalized"], 1.0, s_text=0.0, s_subject=1.5)
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_s_text_one_uses_the_cfg1_shortcut_and_still_matches(setup):
+    expected, _ = formula_reference(setup, setup["personalized"], 1.0, s_text=1.0, s_subject=2.0)
+    got = hmcfg_prediction(setup, setup["personalized"], 1.0, s_text=1.0, s_subject=2.0)
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def ksampler_inputs(setup, **overrides):
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    inputs = dict(seed=3, steps=4, sampler_name="euler", scheduler="normal", positive=setup["positive"],
+                  negative=setup["negative"], latent_image=latent, denoise=1.0)
+    inputs.update(overrides)
+    return inputs
+
+
+def hmcfg_ksampler(pack, setup, base=None, s_subject=S_SUBJECT, **overrides):
+    (latent,) = run(pack["HMCFGKSampler"], base_model=base or setup["base"], personalized_model=setup["personalized"],
+                    s_text=S_TEXT, s_subject=s_subject, start_percent=0.0, end_percent=1.0,
+                    **ksampler_inputs(setup, **overrides))
+    return latent["samples"]
+
+
+def stock_ksampler(model, setup, **overrides):
+    i = ksampler_inputs(setup, **overrides)
+    with torch.inference_mode():
+        return nodes.KSampler().sample(model, i["seed"], i["steps"], S_TEXT, i["sampler_name"], i["scheduler"],
+                                       i["positive"], i["negative"], i["latent_image"], denoise=i["denoise"])[0]["samples"]
+
+
+def test_s_subject_zero_is_bit_identical_to_the_stock_ksampler(pack, setup):
+    assert torch.equal(hmcfg_ksampler(pack, setup, s_subject=0.0), stock_ksampler(setup["base"], setup))
+
+
+def test_s_subject_zero_is_bit_identical_with_rescale_cfg_stacked_on_the_base(pack, setup):
+    import comfy_extras.nodes_model_advanced as advanced
+
+    (rescaled,) = advanced.RescaleCFG().patch(setup["base"], 0.7)
+    assert torch.equal(hmcfg_ksampler(pack, setup, base=rescaled, s_subject=0.0), stock_ksampler(rescaled, setup))
+    assert torch.isfinite(hmcfg_ksampler(pack, setup, base=rescaled)).all()
+
+
+def test_the_base_model_is_unchanged_after_hmcfg_runs(pack, setup):
+    before = single_model_prediction(setup["base"], setup["positive"], 1.0)
+    hmcfg_ksampler(pack, setup)
+    hmcfg_prediction(setup, setup["personalized"], 1.0)
+    after = single_model_prediction(setup["base"], setup["positive"], 1.0)
+    assert torch.equal(before, after)
+    assert torch.equal(stock_ksampler(setup["base"], setup), stock_ksampler(setup["base"], setup))
+
+
+def test_the_guider_with_sampler_custom_advanced_matches_the_hmcfg_ksampler(pack, setup):
+    import comfy_extras.nodes_custom_sampler as custom
+
+    (guider,) = run(pack["HMCFGGuider"], base_model=setup["base"], personalized_model=setup["personalized"],
+                    positive=setup["positive"], negative=setup["negative"], s_text=S_TEXT, s_subject=S_SUBJECT,
+                    start_percent=0.0, end_percent=1.0)
+    with torch.inference_mode():
+        sigmas = custom.BasicScheduler.execute(setup["base"], "normal", 4, 1.0).args[0]
+        sampler = custom.KSamplerSelect.execute("euler").args[0]
+        noise = custom.RandomNoise.execute(3).args[0]
+        latent = custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas,
+                                                      {"samples": torch.zeros(2, 4, 8, 8)}).args[0]["samples"]
+    assert torch.allclose(latent, hmcfg_ksampler(pack, setup), atol=1e-5)
+
+
+def test_a_subject_window_limits_the_subject_term(pack, setup):
+    full = hmcfg_ksampler(pack, setup)
+    (windowed,) = run(pack["HMCFGKSampler"], base_model=setup["base"], personalized_model=setup["personalized"],
+                      s_text=S_TEXT, s_subject=S_SUBJECT, start_percent=0.0, end_percent=0.0,
+                      **ksampler_inputs(setup))
+    assert torch.equal(windowed["samples"], stock_ksampler(setup["base"], setup))
+    assert not torch.equal(full, windowed["samples"])
+
+
+def test_denoise_below_one_and_a_batch_of_two_give_finite_distinct_latents(pack, setup):
+    start = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    out = hmcfg_ksampler(pack, setup, latent_image=start, denoise=0.5)
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    assert not torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("sampler_name", comfy.samplers.SAMPLER_NAMES)
+def test_every_stock_sampler_runs_with_hmcfg(pack, setup, sampler_name):
+    out = hmcfg_ksampler(pack, setup, sampler_name=sampler_name, scheduler="karras", steps=3)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scheduler", comfy.samplers.SCHEDULER_NAMES)
+def test_every_stock_scheduler_runs_with_hmcfg(pack, setup, scheduler):
+    assert torch.isfinite(hmcfg_ksampler(pack, setup, scheduler=scheduler, steps=3)).all()
