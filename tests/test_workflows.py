@@ -1,0 +1,96 @@
+"""Every shipped workflow: its UI file and API twin agree, and the API twin runs end to end on a real server."""
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+import workflow_files
+from comfy_server import execution_error
+from node_harness import subject_image
+
+pytestmark = pytest.mark.server
+
+TINY = {"ckpt_name": "sd15_tiny_clip.safetensors", "hypernet_name": "tiny.safetensors",
+        "width": 64, "height": 64, "steps": 3}
+
+
+def test_there_are_ui_workflows_each_with_an_api_twin():
+    names = workflow_files.names()
+    assert len(names) >= 5
+    for name in names:
+        assert (workflow_files.WORKFLOWS / "api" / f"{name}.json").exists(), f"{name} has no API twin"
+
+
+@pytest.mark.parametrize("name", workflow_files.names())
+def test_the_ui_file_and_its_api_twin_describe_the_same_graph(server, name):
+    converted = workflow_files.ui_to_api(workflow_files.ui(name), server.get("/object_info"))
+    twin = {node_id: {"class_type": n["class_type"], "inputs": n["inputs"]}
+            for node_id, n in workflow_files.api(name).items()}
+    assert converted == twin
+
+
+@pytest.fixture(scope="module")
+def served(server, hypernet_files):
+    """The server with a tiny hypernet and two subject images in place."""
+    folder = server.base / "models" / "hypersubject"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(hypernet_files["tiny.safetensors"], folder / "tiny.safetensors")
+    for index, name in enumerate(("subject.png", "subject_2.png")):
+        pixels = (subject_image(index, size=96)[0].numpy() * 255).astype("uint8")
+        Image.fromarray(pixels).save(server.base / "input" / name)
+    return server
+
+
+def tiny(graph: dict) -> dict:
+    """The workflow pointed at the tiny checkpoint and hypernet, at 64 px and 3 steps."""
+    for node in graph.values():
+        for key, value in TINY.items():
+            if key in node["inputs"] and not isinstance(node["inputs"][key], list):
+                node["inputs"][key] = value
+    return graph
+
+
+def run_ok(server, graph: dict) -> dict:
+    entry = server.run(graph)
+    assert execution_error(entry) is None, json.dumps(execution_error(entry))[:2000]
+    assert entry["status"]["status_str"] == "success"
+    return entry
+
+
+def saved_images(server, entry) -> list:
+    items = [item for output in entry["outputs"].values() for item in output.get("images", [])]
+    return [Image.open(io.BytesIO(server.output_bytes(item))) for item in items]
+
+
+@pytest.mark.parametrize("name", ["hypersubject_one_image", "hypersubject_several_references",
+                                  "hypersubject_guider_custom_sampler"])
+def test_the_api_workflow_runs_end_to_end_and_returns_an_image(served, name):
+    entry = run_ok(served, tiny(workflow_files.api(name)))
+    [image] = saved_images(served, entry)
+    assert image.size == (64, 64)
+
+
+def test_the_saved_lora_workflow_feeds_the_stock_loraloader_workflow(served):
+    entry = run_ok(served, tiny(workflow_files.api("hypersubject_save_lora")))
+    lora_files = sorted((served.base / "models" / "loras" / "hypersubject").glob("my_subject*.safetensors"))
+    assert lora_files, "Save Predicted LoRA wrote no file"
+    graph = tiny(workflow_files.api("hypersubject_saved_lora_with_loraloader"))
+    for node in graph.values():
+        if node["class_type"] == "LoraLoader":
+            node["inputs"]["lora_name"] = f"hypersubject/{lora_files[-1].name}"
+    [image] = saved_images(served, run_ok(served, graph))
+    assert image.size == (64, 64)
+
+
+def test_a_requeue_is_served_from_cache_and_a_changed_hypernet_reruns_the_loader(served):
+    graph = tiny(workflow_files.api("hypersubject_one_image"))
+    run_ok(served, graph)
+    cached = next(m["data"]["nodes"] for m in run_ok(served, graph)["messages"] if m["type"] == "execution_cached")
+    assert set(cached) == set(graph)
+    hypernet = served.base / "models" / "hypersubject" / "tiny.safetensors"
+    hypernet.write_bytes(hypernet.read_bytes())  # same content, new mtime: the loader must look again
+    executed = {m["data"]["node"] for m in run_ok(served, graph)["messages"] if m["type"] == "executing"}
+    loader = next(i for i, n in graph.items() if n["class_type"] == "HyperSubjectLoader")
+    assert loader in executed

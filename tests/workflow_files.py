@@ -1,0 +1,54 @@
+"""The shipped workflows: UI-format files, their API-format twins, and a UI → API converter driven by /object_info."""
+import json
+from pathlib import Path
+
+from comfy_runtime import REPO
+
+WORKFLOWS = REPO / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def ui(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def api(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def widget_names(node_info: dict) -> list[tuple[str, int]]:
+    """(input name, how many widget values it takes) in widget order, as the front end lays them out."""
+    order = node_info.get("input_order", {})
+    specs = {**node_info["input"].get("required", {}), **node_info["input"].get("optional", {})}
+    widgets = []
+    for name in [*order.get("required", []), *order.get("optional", [])]:
+        kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
+        if isinstance(kind, list) or kind in WIDGET_TYPES:
+            extra = int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
+            widgets.append((name, 1 + extra))
+    return widgets
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """The API-format graph the front end would queue for a UI-format workflow (active nodes only)."""
+    links = {link[0]: link for link in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        inputs = {}
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                _, source, source_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(source), source_slot]
+        values = iter(node.get("widgets_values", []))
+        for name, count in widget_names(object_info[node["type"]]):
+            taken = [next(values) for _ in range(count)]
+            if name not in inputs:
+                inputs[name] = taken[0]
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return graph
