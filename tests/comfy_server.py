@@ -108,9 +108,19 @@ class ComfyServer:
             messages = _follow(ws, prompt_id, time.monotonic() + timeout)
         finally:
             ws.close()
-        entry = self.get(f"/history/{prompt_id}")[prompt_id]
+        entry = self.history(prompt_id)
         entry["messages"] = messages
         return entry
+
+    def history(self, prompt_id: str, timeout: float = 30.0) -> dict:
+        """The /history entry of a finished prompt (written just after the websocket says it finished)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(0.05)
+        raise TimeoutError(f"prompt {prompt_id} finished but has no /history entry after {timeout} s")
 
     def output_bytes(self, item: dict) -> bytes:
         return self.get("/view", filename=item["filename"], subfolder=item.get("subfolder", ""),
