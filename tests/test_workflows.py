@@ -94,3 +94,20 @@ def test_a_requeue_is_served_from_cache_and_a_changed_hypernet_reruns_the_loader
     executed = {m["data"]["node"] for m in run_ok(served, graph)["messages"] if m["type"] == "executing"}
     loader = next(i for i, n in graph.items() if n["class_type"] == "HyperSubjectLoader")
     assert loader in executed
+
+
+def test_the_batch_script_queues_images_times_prompts_and_collects_every_image(served, tmp_path):
+    import subprocess
+    import sys
+
+    workflow = tmp_path / "tiny_workflow.json"
+    workflow.write_text(json.dumps(tiny(workflow_files.api("hypersubject_one_image"))))
+    images = [served.base / "input" / name for name in ("subject.png", "subject_2.png")]
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(workflow_files.WORKFLOWS / "queue_batch.py"), "--server", served.url,
+                             "--workflow", str(workflow), "--images", *map(str, images), "--prompt", "a toy",
+                             "--prompt", "a toy on a grey background", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4/4 done" in result.stdout
+    assert len(list(out.glob("*.png"))) == 4
