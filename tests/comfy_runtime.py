@@ -18,10 +18,11 @@ def import_comfy() -> Path:
     """Make `comfy`, `nodes`, `folder_paths` importable with `--cpu`; return the ComfyUI root."""
     root = comfyui_root()
     if "comfy.cli_args" not in sys.modules:
-        sys.argv = [sys.argv[0], "--cpu"]
+        own_argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
         sys.path.insert(0, str(root))
         import comfy.options
 
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  parses --cpu before model_management looks for CUDA
+        sys.argv = own_argv
     return root
