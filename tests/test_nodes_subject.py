@@ -117,3 +117,23 @@ def test_different_subjects_get_different_loras(pack, hypernet_files):
     second = predicted_lora(pack, image=subject_image(8)).lora
     name = first.targets[0].name
     assert not torch.allclose(first.delta(name), second.delta(name))
+
+
+def test_a_folder_from_extra_model_paths_is_kept_and_lists_model_files_only(pack, tmp_path):
+    import importlib
+
+    import folder_paths
+
+    model_folder = importlib.import_module(pack["HyperSubjectLoader"].__module__.rsplit(".", 1)[0] + ".model_folder")
+    saved = folder_paths.folder_names_and_paths["hypersubject"]
+    (tmp_path / "from_yaml.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a model")
+    try:
+        folder_paths.folder_names_and_paths["hypersubject"] = ([str(tmp_path)], set())  # as extra_model_paths.yaml
+        model_folder.register_model_folder()
+        paths, _ = folder_paths.folder_names_and_paths["hypersubject"]
+        assert str(tmp_path) in paths and len(paths) == 2
+        listed = model_folder.hypernet_files()
+        assert "from_yaml.safetensors" in listed and "notes.txt" not in listed
+    finally:
+        folder_paths.folder_names_and_paths["hypersubject"] = saved
