@@ -43,8 +43,8 @@ class HMCFGGuider(comfy.samplers.CFGGuider):
             model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "hypersubject_hmcfg",
                                        self._apply_model_with_rows)
         else:
+            # Not an additional model: loading both clones of one UNet together leaves either patch set live.
             self.per_sample = None
-            model.set_additional_models("hypersubject_personalized", [personalized])
         super().__init__(model)
         self.personalized = personalized
         self.s_text, self.s_subject = s_text, s_subject

@@ -55,16 +55,19 @@ def test_the_fast_path_equals_the_formula_from_three_separate_evaluations(setup,
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
 
 
-def test_the_general_path_equals_the_formula_for_a_stock_loraloader_model(setup, pack, tmp_path):
+@pytest.mark.parametrize("repeat", range(4))  # which clone's weights are live once depended on set order
+def test_the_general_path_equals_the_formula_for_a_stock_loraloader_model(setup, pack, tmp_path, repeat):
     import folder_paths
 
     folder_paths.add_model_folder_path("loras", str(tmp_path))
     (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="general", subfolder="")
     (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, 1.0)
+    base_before = single_model_prediction(setup["base"], setup["positive"], 1.0)
     expected, subject_effect = formula_reference(setup, stock_personalized, 1.0)
     got = hmcfg_prediction(setup, stock_personalized, 1.0, fast=False)
     assert subject_effect > 1e-3
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+    assert torch.equal(single_model_prediction(setup["base"], setup["positive"], 1.0), base_before)
 
 
 def test_s_text_zero_still_adds_the_subject_term(setup):
