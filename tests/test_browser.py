@@ -1,0 +1,89 @@
+"""The shipped workflows in the real ComfyUI front end: no missing nodes, widgets with tooltips, queued from the UI."""
+import pytest
+
+import workflow_files
+from comfy_runtime import REPO
+from test_workflows import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+PACK_TYPES = {"HyperSubjectLoader", "HyperSubjectEncode", "HyperSubjectPredictLoRA", "HyperSubjectApplyLoRA",
+              "HyperSubjectSaveLoRA", "HMCFGKSampler", "HMCFGGuider"}
+SCREENSHOTS = REPO / ".cache" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def front_end(server, hypernet_files):
+    import shutil
+
+    from browser import FrontEnd
+
+    folder = server.base / "models" / "hypersubject"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(hypernet_files["tiny.safetensors"], folder / "tiny.safetensors")
+    ui = FrontEnd(server)
+    yield ui
+    ui.close()
+
+
+@pytest.mark.parametrize("name", workflow_files.names())
+def test_each_workflow_loads_with_no_missing_node_and_queues_as_its_api_twin(front_end, name):
+    front_end.load(workflow_files.ui(name), name)
+    state = front_end.page.evaluate("""() => ({
+        missing: app.graph.nodes.filter(n => n.has_errors || !(n.type in LiteGraph.registered_node_types))
+                                .map(n => n.type),
+        ours: app.graph.nodes.filter(n => n.type.startsWith('HyperSubject') || n.type.startsWith('HMCFG')).map(n => ({
+            type: n.type,
+            widgets: (n.widgets || []).filter(w => w.type !== 'button').map(w => ({
+                name: w.name,
+                tooltip: w.tooltip ?? n.constructor.nodeData.inputs[w.name]?.tooltip})),
+            description: n.constructor.nodeData.description})),
+    })""")
+    assert state["missing"] == []
+    twin = workflow_files.api(name)
+    assert len(state["ours"]) == sum(n["class_type"] in PACK_TYPES for n in twin.values())
+    for node in state["ours"]:
+        assert node["type"] in PACK_TYPES and node["description"]
+        untipped = [w["name"] for w in node["widgets"] if not w["tooltip"]]
+        assert not untipped, f"{node['type']} widgets without a tooltip: {untipped}"
+    prompt = front_end.page.evaluate("async () => (await app.graphToPrompt()).output")
+    assert {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in prompt.items()} == \
+           {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in twin.items()}
+
+
+def test_the_one_image_workflow_runs_from_the_run_button_and_shows_its_image(front_end, server):
+    from PIL import Image
+
+    from node_harness import subject_image
+
+    pixels = (subject_image(0, size=96)[0].numpy() * 255).astype("uint8")
+    Image.fromarray(pixels).save(server.base / "input" / "subject.png")
+    front_end.load(workflow_files.ui("hypersubject_one_image"), "hypersubject_one_image")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    front_end.page.mouse.move(5, 500)
+    front_end.page.screenshot(path=str(SCREENSHOTS / "hypersubject_one_image.png"))
+    front_end.page.evaluate("""(tiny) => {
+        for (const n of app.graph.nodes) for (const w of n.widgets || [])
+            if (w.name in tiny) w.value = tiny[w.name]; }""", TINY)
+    with front_end.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as answer:
+        front_end.page.click('[data-testid="queue-button"]')
+    body = answer.value.json()
+    assert "prompt_id" in body, body
+    front_end.page.wait_for_function("""pid => window.__events.some(e => e.detail?.prompt_id === pid)""",
+                                     arg=body["prompt_id"], timeout=120_000)
+    outcome = front_end.page.evaluate("pid => window.__events.find(e => e.detail?.prompt_id === pid).ev",
+                                      body["prompt_id"])
+    assert outcome == "execution_success"
+    save_node = next(i for i, n in workflow_files.api("hypersubject_one_image").items()
+                     if n["class_type"] == "SaveImage")
+    width = front_end.page.evaluate("""async (id) => {
+        const [item] = app.nodeOutputs[id].images;
+        const image = new Image();
+        image.src = comfyAPI.api.api.apiURL('/view?' + new URLSearchParams(item));
+        await image.decode();
+        app.canvas.setDirty(true, true);
+        return image.naturalWidth; }""", save_node)
+    assert width == 64
+    front_end.page.wait_for_timeout(500)
+    front_end.page.screenshot(path=str(SCREENSHOTS / "hypersubject_one_image_after_run.png"))
+    assert front_end.errors == []
