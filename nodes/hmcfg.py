@@ -4,6 +4,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+import torch
 from comfy_api.latest import io
 
 from .hmcfg_guider import HMCFGGuider
@@ -58,6 +59,9 @@ class HMCFGKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, base_model, personalized_model, positive, negative, s_text, s_subject, start_percent,
                 end_percent, latent_image, seed, steps, sampler_name, scheduler, denoise) -> io.NodeOutput:
+        if not torch.isfinite(latent_image["samples"]).all():
+            raise ValueError("the latent_image holds NaN or infinite values, so every step would too: check the node "
+                             "that made it (an empty latent comes from Empty Latent Image)")
         guider = HMCFGGuider(base_model, personalized_model, s_text, s_subject, start_percent, end_percent)
         guider.set_conds(positive, negative)
         latent = comfy.sample.fix_empty_latent_channels(base_model, latent_image["samples"])

@@ -1,0 +1,143 @@
+"""The frozen base model, loaded through ComfyUI so that layer names match what the nodes patch.
+
+The trainer owns its copy of the UNet: it is moved to the training device once and ComfyUI's model management never
+sees it (the VAE, the text encoder and CLIP vision are still loaded and placed by ComfyUI, under no_grad).
+"""
+import functools
+import logging
+import os
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+TEXT_CACHE_SIZE = 4096  # captions kept encoded (a CLIP-L context is 77×768 floats, 236 KB)
+
+
+def import_comfy(cpu: bool) -> None:
+    """Make ComfyUI importable: $HYPERSUBJECT_COMFYUI, else <repo>/.comfyui; `--cpu` when training on the CPU."""
+    if "comfy.cli_args" in sys.modules:
+        return  # already imported by the host process (tests, or ComfyUI itself)
+    root = Path(os.environ.get("HYPERSUBJECT_COMFYUI", REPO / ".comfyui"))
+    if not (root / "comfy").is_dir():
+        raise RuntimeError(f"no ComfyUI at {root}: run `make env` or set HYPERSUBJECT_COMFYUI to a ComfyUI checkout")
+    sys.path.insert(0, str(root))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    argv, sys.argv = sys.argv, [sys.argv[0]] + ["--cpu"] * cpu  # ComfyUI parses sys.argv on import
+    try:
+        import comfy.cli_args  # noqa: F401
+    finally:
+        sys.argv = argv
+
+
+def unet_dtype(device: torch.device, amp: str) -> torch.dtype:
+    """Weight dtype of the frozen UNet: float32 unless autocast runs in half precision anyway."""
+    if amp != "none" and device.type != "cuda":
+        raise ValueError(f"amp = {amp!r} needs a CUDA GPU but the trainer runs on {device}; set amp = 'none'")
+    return {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class FrozenBase:
+    """UNet + noise schedule + VAE encode/decode + cached text encode of one base checkpoint, all frozen."""
+
+    def __init__(self, checkpoint: str, device: torch.device, dtype: torch.dtype = torch.float32):
+        import comfy.model_base
+        import comfy.model_management
+        import comfy.sd
+
+        if not Path(checkpoint).is_file():
+            raise ValueError(f"base_checkpoint {checkpoint!r} is not a file: expected a standard SD1.5-family "
+                             f".safetensors checkpoint")
+        text_dtype = {"dtype": torch.float32} if device.type == "cpu" else {}  # ComfyUI's fp16 is slow on CPUs
+        patcher, self.clip, self.vae, _ = comfy.sd.load_checkpoint_guess_config(
+            checkpoint, output_vae=True, output_clip=True, model_options={"dtype": dtype}, te_model_options=text_dtype)
+        if self.clip is None:
+            raise ValueError(f"{checkpoint} has no text encoder: the trainer encodes captions with the "
+                             f"checkpoint's own CLIP; use a full checkpoint (UNet + VAE + CLIP)")
+        model = patcher.model
+        if model.model_type != comfy.model_base.ModelType.EPS or model.adm_channels:
+            raise ValueError(f"{checkpoint} is a {type(model).__name__} ({model.model_type.name}): the trainer "
+                             f"supports eps-prediction models without extra conditioning (SD1.5 family)")
+        if device.type != "cpu":
+            comfy.model_management.unload_all_models()  # the loader may have put the UNet under management
+        self.model = model.to(device).requires_grad_(False).eval()
+        self.diffusion_model = model.diffusion_model
+        self.model_sampling = model.model_sampling
+        self.dtype = model.manual_cast_dtype or model.get_dtype()
+        self.device = device
+        self._texts: OrderedDict[str, Tensor] = OrderedDict()
+
+    @property
+    def num_timesteps(self) -> int:
+        """Length of the discrete training schedule (1000 for SD1.5)."""
+        return len(self.model_sampling.sigmas)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images B×H×W×3 in [0, 1] → latents in the UNet's space (`process_latent_in`), on the device."""
+        return self.model.process_latent_in(self.vae.encode(images).to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """UNet-space latents → images B×H×W×3 in [0, 1] on the CPU."""
+        return self.vae.decode(self.model.process_latent_out(latents)).float().clamp(0, 1).cpu()
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> Tensor:
+        """Captions → CLIP context B×77×768 on the device; each caption is encoded once (LRU cache)."""
+        for caption in captions:
+            if caption in self._texts:
+                self._texts.move_to_end(caption)
+                continue
+            self._texts[caption] = self.clip.encode_from_tokens(self.clip.tokenize(caption)).float().cpu()
+            if len(self._texts) > TEXT_CACHE_SIZE:
+                self._texts.popitem(last=False)
+        return torch.cat([self._texts[c] for c in captions]).to(self.device)
+
+    def predict_noise(self, x_noisy: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
+        """ε predicted by the UNet for x = x0 + σ·ε at noise level σ (one per row), in float32; differentiable."""
+        sampling = self.model_sampling
+        x_in = sampling.calculate_input(sigma, x_noisy).to(self.dtype)
+        timestep = sampling.timestep(sigma).float()
+        return self.diffusion_model(x_in, timestep, context=context.to(self.dtype)).float()
+
+    def enable_grad_checkpointing(self) -> None:
+        """Recompute every res block and spatial transformer in the backward pass instead of storing activations.
+
+        Non-reentrant `torch.utils.checkpoint`, so gradients reach the LoRA factors that the forward hooks close
+        over (ComfyUI's own `use_checkpoint` passes explicit parameter lists and would miss them). The forwards are
+        wrapped on this trainer-owned instance only; nothing of ComfyUI's classes changes.
+        """
+        from comfy.ldm.modules.attention import SpatialTransformer
+        from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+        for module in self.diffusion_model.modules():
+            if isinstance(module, (ResBlock, SpatialTransformer)) and "forward" not in vars(module):
+                module.forward = functools.partial(torch.utils.checkpoint.checkpoint, module.forward,
+                                                   use_reentrant=False)
+
+
+class FrozenClipVision:
+    """A ComfyUI CLIP vision model giving the hypernet's tokens (penultimate hidden states), as the nodes do."""
+
+    def __init__(self, path: str):
+        import comfy.clip_vision
+
+        if not Path(path).is_file():
+            raise ValueError(f"clip_vision {path!r} is not a file: expected a CLIP vision .safetensors file")
+        self.model = comfy.clip_vision.load(path)
+        if self.model is None:
+            raise ValueError(f"{path} is not a CLIP vision model ComfyUI recognises")
+        self.token_dim = self.tokens(torch.zeros(1, 64, 64, 3)).shape[-1]
+
+    @torch.no_grad()
+    def tokens(self, images: Tensor) -> Tensor:
+        """Images B×H×W×3 in [0, 1] → tokens B×N×D (float32, CPU)."""
+        return self.model.encode_image(images).penultimate_hidden_states.float().cpu()

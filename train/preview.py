@@ -1,0 +1,64 @@
+"""Sample grids of held-out subjects: reference | base model | personalized (HM-CFG), from a short Euler sampler."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from hypernet import PerSampleLoRA, PredictedLoRA, hm_cfg
+
+from .base_model import FrozenBase
+
+log = logging.getLogger(__name__)
+
+STEPS = 12  # Euler steps over evenly spaced training sigmas: cheap, and enough to compare columns across a run
+S_TEXT = 5.0
+S_SUBJECT = 5.0  # s_subject = s_text: CFG with the personalized conditional and the base unconditional
+
+
+def euler(base: FrozenBase, noise: Tensor, eps: callable) -> Tensor:
+    """Integrate dx/dσ = ε(x, σ) from the largest training σ to 0."""
+    sigmas = base.model_sampling.sigmas
+    index = torch.linspace(len(sigmas) - 1, 0, STEPS, device=sigmas.device).round().long()
+    sigmas = torch.cat([sigmas[index], sigmas.new_zeros(1)])
+    x = noise * sigmas[0]
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + eps(x, sigma.expand(len(x))) * (sigma_next - sigma)
+    return x
+
+
+@torch.no_grad()
+def sample_grid(base: FrozenBase, lora: PredictedLoRA, references: Tensor, captions: list[str],
+                seed: int) -> Image.Image:
+    """One row per subject: its reference image, the base model's sample, the personalized sample (same noise)."""
+    k, size = len(captions), references.shape[1]
+    context = torch.cat([base.encode_text([""] * k), base.encode_text(captions)])
+    latent_size = base.encode_images(references[:1]).shape[1:]
+    noise = torch.randn((k, *latent_size), generator=torch.Generator().manual_seed(seed)).to(base.device)
+
+    def eps_base(x, sigma):
+        u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), context).chunk(2)
+        return u + (c - u) * S_TEXT
+
+    def eps_personalized(x, sigma):
+        with PerSampleLoRA(base.diffusion_model, lora) as injected:
+            injected.rows = [-1] * (2 * k) + list(range(k))  # [base uncond | base cond | personalized cond]
+            out = base.predict_noise(x.repeat(3, 1, 1, 1), sigma.repeat(3), torch.cat([context, context[k:]]))
+        return hm_cfg(*out.chunk(3), s_text=S_TEXT, s_subject=S_SUBJECT)
+
+    columns = [references.cpu(), base.decode_latents(euler(base, noise, eps_base)),
+               base.decode_latents(euler(base, noise, eps_personalized))]
+    grid = torch.cat([torch.cat([c[i] for c in columns], dim=1) for i in range(k)], dim=0)  # rows of 3 images
+    assert grid.shape == (k * size, 3 * size, 3)
+    return Image.fromarray((grid.numpy() * 255).round().astype(np.uint8))
+
+
+def save_grid(image: Image.Image, out_dir: Path, step: int) -> Path:
+    """Write the grid as out_dir/samples/step_<step>.png."""
+    path = out_dir / "samples" / f"step_{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    log.info("sample grid: %s", path)
+    return path

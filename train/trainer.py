@@ -1,0 +1,334 @@
+"""The trainer, top to bottom: config → data → frozen base → hypernet → AdamW → loop → checkpoints.
+
+Objective (the paper's): the ordinary denoising loss of the base UNet adapted by the LoRA that the hypernet predicts
+from a *reference* image of the subject, on a *target* image of the same subject, plus reg_lambda × the L2 norm of
+the predicted weights. Row i of a batch carries subject i's LoRA (PerSampleLoRA), so a batch trains on many subjects.
+"""
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import hypernet
+from hypernet import (CLIP_VISION_TOKEN_DIMS, EncoderSpec, HyperNet, HyperNetConfig, PerSampleLoRA, PredictedLoRA,
+                      count_parameters, family_of, find_targets, weight_l2)
+
+from . import distributed
+from .base_model import FrozenBase, FrozenClipVision, import_comfy, unet_dtype
+from .config import RESUMABLE_CHANGES, TrainConfig, parse_cli
+from .data import PairDataset, StepBatches, load_rgb, make_loader, scan_subjects, split_held_out, to_square
+from .ema import EMA
+from .preview import sample_grid, save_grid
+from .state import read_resume, restore, save_resume
+
+log = logging.getLogger(__name__)
+
+HYPERNET_FILE = "hypernet.safetensors"
+RESUME_FILE = "resume.safetensors"
+LOG_FILE = "log.jsonl"
+MIN_LR_RATIO = 0.1  # the cosine schedule ends at lr / 10
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of that step was saved."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m train --config FILE.toml [--key value …]`, also under torchrun."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config, source = parse_cli(argv)
+    try:
+        train(config, source)
+    except (ValueError, TrainingDiverged) as e:  # bad config, data or checkpoint; divergence: the message says why
+        log.error("%s", e)
+        raise SystemExit(1) from e
+
+
+def train(cfg: TrainConfig, source: str = "the in-process config", base: FrozenBase | None = None) -> dict:
+    """Run (or, with cfg.resume, continue) a training run; returns the last log record. `base`: reuse a loaded base."""
+    proc = distributed.setup()
+    try:
+        return _train(cfg, source, proc, base)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: FrozenBase | None) -> dict:
+    out_dir = Path(cfg.out_dir)
+    resumed = open_run(cfg, out_dir, proc)
+
+    # data
+    subjects, skipped = scan_subjects(cfg.data_dir, cfg.class_word, cfg.on_bad_image, report=proc.is_main)
+    train_subjects, held_out = split_held_out(subjects, cfg.held_out)
+    dataset = PairDataset(train_subjects, cfg.image_size, cfg.flip, cfg.crop == "random")
+
+    # frozen base model, the hypernet, its EMA, the optimizer
+    import_comfy(cpu=proc.device.type == "cpu")
+    dtype = unet_dtype(proc.device, cfg.amp)  # also refuses autocast on a CPU
+    base = base or FrozenBase(cfg.base_checkpoint, proc.device, dtype)
+    if cfg.grad_checkpointing:
+        base.enable_grad_checkpointing()
+    clip_vision = FrozenClipVision(cfg.clip_vision) if cfg.encoder == "clip_vision" else None
+    net = build_hypernet(cfg, base, clip_vision).to(proc.device)
+    ema = EMA(net, cfg.ema_decay)
+    optimizer = make_optimizer(net, cfg)
+    scaler = torch.amp.GradScaler(proc.device.type, enabled=cfg.amp == "fp16")
+    step = restore(*resumed, net, ema.net, optimizer, scaler) if resumed else 0
+    personalizer = SubjectToLoRA(net)
+    device_ids = [proc.device.index] if proc.device.type == "cuda" else None
+    model = DistributedDataParallel(personalizer, device_ids) if proc.world > 1 else personalizer
+
+    # the loop
+    end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
+    batches = iter(make_loader(dataset, StepBatches(len(dataset), cfg.batch_size, cfg.grad_accum, proc.rank,
+                                                    proc.world, cfg.seed, step, end), cfg.num_workers))
+    global_batch = cfg.batch_size * proc.world * cfg.grad_accum
+    log_start(cfg, net, proc, len(dataset), global_batch, step)
+    run_log = RunLog(out_dir / LOG_FILE, proc.is_main, keep_until=step)
+    previews = held_out_references(held_out, cfg.image_size) if proc.is_main and cfg.sample_every else None
+    record = resumed[0]["summary"] if resumed else {"step": step}
+    saved_step = step if resumed else None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not proc.is_main, dynamic_ncols=True)
+    while step < end:
+        started = time.perf_counter()
+        lr = set_learning_rate(optimizer, cfg, step)
+        micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+        losses = accumulate_gradients(model, base, clip_vision, micro_batches, cfg, scaler)
+        if not math.isfinite(losses["loss"]):
+            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"loss is {losses['loss']} (mse {losses['mse']}, reg {losses['reg']}) at step {step + 1} of the run "
+                f"configured by {source}; stopped before updating the weights, and in {out_dir} {kept}. Lower lr "
+                f"({cfg.lr}) or grad_clip ({cfg.grad_clip}), then continue with --resume")
+        grad_norm = optimizer_step(net, optimizer, scaler, cfg.grad_clip)
+        ema.update(net, step)
+        step += 1
+        seconds = time.perf_counter() - started
+        record = {"step": step, **losses, "lr": lr, "grad_norm": grad_norm, "samples_per_s": global_batch / seconds}
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['loss']:.4f}", mse=f"{losses['mse']:.4f}", reg=f"{losses['reg']:.3g}",
+                        samples_s=f"{global_batch / seconds:.1f}")
+        if step % cfg.log_every == 0 or step == end:
+            run_log.write(record)
+        if step % cfg.ckpt_every == 0 or step == end:
+            if proc.is_main:
+                save_checkpoints(out_dir, step, net, ema, optimizer, scaler, cfg, proc.world, record, len(skipped))
+            saved_step = step
+        if previews and step % cfg.sample_every == 0:
+            save_grid(preview(base, ema.net, clip_vision, *previews, cfg.seed), out_dir, step)
+    bar.close()
+    distributed.barrier()  # every rank leaves after rank 0 has written its last files
+    return record
+
+
+def open_run(cfg: TrainConfig, out_dir: Path, proc: distributed.Process) -> tuple[dict, dict] | None:
+    """The resume checkpoint's (document, tensors) when resuming; refuses to overwrite an existing run otherwise."""
+    path = out_dir / RESUME_FILE
+    if not cfg.resume:
+        if path.exists():
+            raise ValueError(f"{out_dir} already holds a run ({RESUME_FILE}); continue it with --resume, or choose "
+                             f"another out_dir")
+        return None
+    if not path.is_file():
+        raise ValueError(f"resume = true but there is no {path}; start a new run without --resume")
+    document, tensors = read_resume(str(path))
+    stored, current = document["config"], cfg.to_dict()
+    changed = sorted(k for k in set(stored) | set(current)
+                     if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: run {stored.get(k)!r}, now {current.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {path} with a different config ({diffs}); use the run's own config "
+                         f"(only {sorted(RESUMABLE_CHANGES)} may change), or start a new out_dir")
+    if document["world"] != proc.world:
+        raise ValueError(f"{path} was written by a run on {document['world']} processes, this one has {proc.world}; "
+                         f"resume with torchrun --nproc_per_node {document['world']} (the global batch depends on it)")
+    log.info("resuming %s at step %d", out_dir, document["step"])
+    return document, tensors
+
+
+def build_hypernet(cfg: TrainConfig, base: FrozenBase, clip_vision: FrozenClipVision | None) -> HyperNet:
+    """A fresh hypernet (seeded) for the attention layers of the base UNet, reading the configured encoder."""
+    if clip_vision is None:
+        spec = EncoderSpec("embedded", image_size=cfg.image_size, token_dim=cfg.token_dim, width=cfg.encoder_width)
+    else:
+        sizes = {dim: name for name, dim in CLIP_VISION_TOKEN_DIMS.items()}
+        if clip_vision.token_dim not in sizes:
+            raise ValueError(f"{cfg.clip_vision} gives {clip_vision.token_dim}-d tokens; the nodes know CLIP vision "
+                             f"models of {sorted(sizes)} dimensions")
+        spec = EncoderSpec("clip_vision", image_size=224, token_dim=clip_vision.token_dim,
+                           clip_vision_size=sizes[clip_vision.token_dim])
+    unet = base.diffusion_model
+    config = HyperNetConfig(family=family_of(unet), targets=tuple(find_targets(unet)), rank=cfg.rank,
+                            alpha=cfg.alpha, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                            encoder=spec)
+    torch.manual_seed(cfg.seed)
+    return HyperNet(config)
+
+
+def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (nanoGPT's split)."""
+    params = list(net.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to lr over warmup_steps, then cosine decay to lr·MIN_LR_RATIO at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    lr = learning_rate(cfg, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class SubjectToLoRA(nn.Module):
+    """Reference images (embedded encoder) or CLIP vision tokens → PredictedLoRA in one forward: what DDP wraps."""
+
+    def __init__(self, net: HyperNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, subject: Tensor) -> PredictedLoRA:
+        return self.net(self.net.encode(subject) if self.net.encoder is not None else subject)
+
+
+def subject_input(references: Tensor, clip_vision: FrozenClipVision | None) -> Tensor:
+    """What SubjectToLoRA reads: the reference images themselves, or their frozen CLIP vision tokens."""
+    return references if clip_vision is None else clip_vision.tokens(references)
+
+
+def sample_noise(seeds: Tensor, latent_shape: torch.Size, base: FrozenBase) -> tuple[Tensor, Tensor]:
+    """Per sample, from its own seed: σ of a timestep uniform over the training schedule, and Gaussian noise."""
+    timesteps, noise = [], []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(seed)
+        timesteps.append(torch.randint(base.num_timesteps, (1,), generator=generator))
+        noise.append(torch.randn(latent_shape, generator=generator))
+    sigma = base.model_sampling.sigmas[torch.cat(timesteps).to(base.device)]
+    return sigma, torch.stack(noise).to(base.device)
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast in the configured half precision, or nothing."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+@contextlib.contextmanager
+def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: FrozenClipVision | None = None,
+                 amp: str = "none"):
+    """Yields (denoising MSE of the personalized UNet on the targets, mean predicted-weight L2 over the subjects).
+
+    A context manager: the LoRA hooks stay on the UNet until the caller's backward pass is done, because gradient
+    checkpointing runs the UNet blocks again there.
+    """
+    latents = base.encode_images(batch["target"])
+    context = base.encode_text(batch["caption"])
+    sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
+    subject = subject_input(batch["reference"], clip_vision).to(base.device)
+    with autocast(base.device, amp):
+        lora = model(subject)
+    with PerSampleLoRA(base.diffusion_model, lora):  # row i ↔ subject i
+        with autocast(base.device, amp):
+            x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
+            eps = base.predict_noise(x_noisy, sigma, context)
+        yield F.mse_loss(eps, noise), weight_l2(lora.to(torch.float32)).mean()
+
+
+def accumulate_gradients(model: nn.Module, base: FrozenBase, clip_vision: FrozenClipVision | None,
+                         micro_batches: list[dict], cfg: TrainConfig, scaler: torch.amp.GradScaler) -> dict:
+    """Forward + backward of every micro-batch of a step (DDP syncs on the last); losses averaged over all ranks."""
+    totals = torch.zeros(2, device=base.device)
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with batch_losses(model, base, batch, clip_vision, cfg.amp) as (mse, reg):
+                scaler.scale((mse + cfg.reg_lambda * reg) / len(micro_batches)).backward()
+        totals += torch.stack([mse.detach(), reg.detach()]) / len(micro_batches)
+    mse, reg = distributed.mean_over_ranks(totals).tolist()
+    return {"loss": mse + cfg.reg_lambda * reg, "mse": mse, "reg": reg}
+
+
+def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   grad_clip: float) -> float:
+    """Unscale, clip the global gradient norm, step, clear; returns the norm before clipping."""
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def save_checkpoints(out_dir: Path, step: int, net: HyperNet, ema: EMA, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, cfg: TrainConfig, world: int, record: dict,
+                     skipped_images: int) -> None:
+    """The resume state, then the nodes' checkpoint with the EMA weights; each written atomically."""
+    summary = {"step": step, "loss": record["loss"], "mse": record["mse"], "reg": record["reg"],
+               "skipped_images": skipped_images}
+    save_resume(str(out_dir / RESUME_FILE), step, net, ema.net, optimizer, scaler, cfg.to_dict(), world, summary)
+    hypernet.save(str(out_dir / HYPERNET_FILE), ema.net, training={"config": cfg.to_dict(), **summary})
+
+
+def held_out_references(subjects: list, image_size: int) -> tuple[Tensor, list[str]] | None:
+    """The first image (centre square) and caption of each held-out subject, for the sample grids."""
+    if not subjects:
+        return None
+    rng = np.random.default_rng(0)  # unused: no random crop or flip
+    images = [to_square(load_rgb(s.images[0]), image_size, rng, random_crop=False, flip=False) for s in subjects]
+    return torch.stack(images), [s.captions[0] for s in subjects]
+
+
+@torch.no_grad()
+def preview(base: FrozenBase, net: HyperNet, clip_vision: FrozenClipVision | None, references: Tensor,
+            captions: list[str], seed: int):
+    """The sample grid of the held-out subjects with the given (EMA) net."""
+    lora = SubjectToLoRA(net)(subject_input(references, clip_vision).to(base.device))
+    return sample_grid(base, lora, references, captions, seed)
+
+
+def log_start(cfg: TrainConfig, net: HyperNet, proc: distributed.Process, n_images: int, global_batch: int,
+              step: int) -> None:
+    if proc.is_main:
+        sizes = count_parameters(net.config)
+        log.info("hypernet: %d targets, decoder %.2fM + encoder %.2fM parameters, %d LoRA numbers per subject",
+                 len(net.config.targets), sizes.decoder / 1e6, sizes.encoder / 1e6, sizes.outputs)
+        log.info("training on %d images, global batch %d (%d × %d ranks × %d accumulation), from step %d to %d on %s",
+                 n_images, global_batch, cfg.batch_size, proc.world, cfg.grad_accum, step, cfg.max_steps,
+                 proc.device)
+
+
+class RunLog:
+    """JSON lines in out_dir/log.jsonl, rank 0 only; lines past `keep_until` (a resumed step) are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until: int):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kept = []
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= keep_until]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
