@@ -8,11 +8,8 @@ LoraLoader). The FLOP floor of the fast path is 1.5× (three batch rows instead 
 """
 import argparse
 import os
-import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,19 +26,8 @@ import nodes  # noqa: E402
 from node_harness import conditioning, load_pack, one_step_denoised, predicted_lora, run  # noqa: E402
 from tiny_files import tiny_checkpoints  # noqa: E402
 
+from bench.measure import median_seconds, rss_mb  # noqa: E402
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -88,7 +74,7 @@ def main() -> None:
     for label, seconds in timings.items():
         print(f"| {label} | {seconds * 1000:.1f} | {seconds / timings['plain CFG']:.2f}× |")
     print(f"LoRA factors: {factor_bytes / 1e6:.3f} MB; UNet weights: {unet_bytes / 1e6:.1f} MB; "
-          f"peak RSS growth after predicting, applying, saving, loading the LoRA and running HM-CFG: "
+          f"resident memory growth after predicting, applying, saving, loading the LoRA and running HM-CFG: "
           f"{rss_mb() - rss_base:.1f} MB")
 
 

@@ -4,9 +4,7 @@ step of the tiny checkpoint at 64×64; and the predicted LoRA's size for the SD1
     .venv/bin/python -m bench.predict_speed [--repeats 9] [--clip-vision]
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,10 +16,11 @@ import_comfy()
 import comfy.clip_vision  # noqa: E402
 import comfy.model_detection  # noqa: E402
 import comfy.sd  # noqa: E402
-import comfy.supported_models as supported  # noqa: E402
 
 from hypernet import EncoderSpec, HyperNet, HyperNetConfig, find_targets  # noqa: E402
 from tiny_files import tiny_checkpoints, tiny_clip_vision  # noqa: E402
+
+from bench.measure import median_seconds  # noqa: E402
 
 SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
              "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
@@ -44,15 +43,6 @@ def meta_targets(unet_config: dict) -> list:
         model = config.get_model({}, device="meta")
     return find_targets(model.diffusion_model)
 
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.measure import rss_mb
+
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent / "workflows")]
 
 PROMPTS = ["a toy on a blue background", "a toy on a green background, small", "a toy at the left",
@@ -35,12 +37,6 @@ class SoakResult:
     def per_minute(self) -> float:
         return 60 * self.prompts / self.seconds
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def soak_graph(base_graph: dict, image: str, prompt: str, seed: int, index: int) -> dict:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+import safetensors.torch
+
+from hypernet import write_atomic
 
 BUILDER_VERSION = 1
 
@@ -129,9 +131,7 @@ def write_clip_vision_vit_l(path: Path, seed: int = 0) -> Path:
 def _atomic_save(state: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
     return path
 
 

@@ -9,33 +9,19 @@ while the steps run, above the level just before them; each kind in a child proc
 """
 import argparse
 import json
-import threading
-import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from bench.measure import median_seconds, rss_mb
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 class PeakMemory:

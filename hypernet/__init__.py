@@ -1,5 +1,5 @@
 """HyperSubject core: pure PyTorch hypernetwork → LoRA, per-sample application, checkpoint format, HM-CFG (no comfy)."""
-from .checkpoint import FORMAT_VERSION, CheckpointError, load, save
+from .checkpoint import FORMAT_VERSION, CheckpointError, load, save, write_atomic
 from .config import HyperNetConfig
 from .decoder import WeightDecoder
 from .encoders import (CLIP_VISION_TOKEN_DIMS, COMBINE_MODES, EmbeddedEncoder, EncoderSpec, combine_references,
@@ -17,5 +17,5 @@ __all__ = [
     "EncoderSpec", "FAMILIES", "FORMAT_VERSION", "FamilySpec", "HyperNet", "HyperNetConfig", "ParameterCount",
     "PerSampleLoRA", "PredictedLoRA", "Target", "WeightDecoder", "combine_references", "count_parameters",
     "family_for_context_dim", "family_of", "find_targets", "fold_hm_cfg", "fold_into_cond", "hm_cfg", "kohya_stem",
-    "load", "resize_center_crop", "save", "to_lora_state_dict", "to_rgb", "weight_l2",
+    "load", "resize_center_crop", "save", "to_lora_state_dict", "to_rgb", "weight_l2", "write_atomic",
 ]

@@ -26,16 +26,8 @@ class CheckpointError(ValueError):
     """A file that is not a loadable HyperSubject checkpoint; the message says expected, found and the fix."""
 
 
-def save(path: str, net: HyperNet, training: dict | None = None) -> None:
-    """Write `net` (+ a free `training` dict) atomically: a temp file in the same folder, fsync, then rename."""
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": net.config.to_dict(),
-           "training": training or {}}
-    try:
-        metadata = {METADATA_KEY: json.dumps(doc)}
-    except TypeError as e:
-        raise ValueError(f"the training dict must be JSON-serialisable: {e}") from e
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    data = safetensors.torch.save(tensors, metadata=metadata)
+def write_atomic(path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, rename: a kill at any moment leaves the old or the new file."""
     tmp = os.fspath(path) + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -46,6 +38,19 @@ def save(path: str, net: HyperNet, training: dict | None = None) -> None:
     finally:
         if os.path.exists(tmp):  # only when writing or renaming failed
             os.remove(tmp)
+
+
+def save(path: str, net: HyperNet, training: dict | None = None) -> None:
+    """Write `net` (+ a free `training` dict) atomically: a temp file in the same folder, fsync, then rename."""
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": net.config.to_dict(),
+           "training": training or {}}
+    try:
+        metadata = {METADATA_KEY: json.dumps(doc)}
+    except TypeError as e:
+        raise ValueError(f"the training dict must be JSON-serialisable: {e}") from e
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    write_atomic(path, data)
     log.info("saved hypernet checkpoint %s (%d tensors, %d bytes)", path, len(tensors), len(data))
 
 

@@ -6,7 +6,7 @@ import os
 import folder_paths
 import safetensors.torch
 from comfy.weight_adapter.lora import LoRAAdapter
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..hypernet import PredictedLoRA, family_of, to_lora_state_dict
 from .lora_files import lora_destination
@@ -95,7 +95,7 @@ class SavePredictedLoRA(io.ComfyNode):
         path = lora_destination(loras_dir, name, subfolder)
         if subject_lora.lora is None:
             log.warning("Save Predicted LoRA: no subject LoRA (no usable image); nothing saved")
-            return io.NodeOutput("")
+            return io.NodeOutput("", ui=ui.PreviewText("nothing saved: no usable subject image"))
         lora = subject_lora.lora
         metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(lora.rank),
                     "ss_network_alpha": str(lora.alpha), "hypersubject_base_family": lora.family,
@@ -108,7 +108,7 @@ class SavePredictedLoRA(io.ComfyNode):
             file.write(data)
         saved = os.path.relpath(path, os.path.realpath(loras_dir)).replace(os.sep, "/")
         log.info("Save Predicted LoRA: wrote %s", path)
-        return io.NodeOutput(saved)
+        return io.NodeOutput(saved, ui=ui.PreviewText(saved))
 
 
 NODES = [ApplyPredictedLoRA, SavePredictedLoRA]

@@ -6,7 +6,7 @@ import pytest
 import safetensors
 import torch
 
-from node_harness import one_step_denoised, predicted_lora, run
+from node_harness import predicted_lora, run
 from test_nodes_hmcfg import single_model_prediction
 
 

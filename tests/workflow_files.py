@@ -1,6 +1,5 @@
 """The shipped workflows: UI-format files, their API-format twins, and a UI → API converter driven by /object_info."""
 import json
-from pathlib import Path
 
 from comfy_runtime import REPO
 

@@ -6,7 +6,6 @@ the GradScaler state and the summary. The learning-rate schedule is a function o
 data order, augmentations, noise and timesteps are seeded per sample (data.py), so they need none either.
 """
 import json
-import os
 import random
 
 import numpy as np
@@ -15,19 +14,11 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from hypernet import write_atomic
+
 FORMAT = "hypersubject-resume"
 FORMAT_VERSION = 1
 METADATA_KEY = "hypersubject_resume"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, rename: a kill at any moment leaves the old or new file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_resume(path: str, step: int, net: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
