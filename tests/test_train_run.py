@@ -108,12 +108,14 @@ def test_each_step_logs_the_denoising_and_regularization_terms_separately(traine
     assert metadata["training"]["step"] == 20 and TrainConfig.from_dict(metadata["training"]["config"]) == trained
 
 
-def test_the_sample_grid_shows_reference_base_and_a_different_personalized_image_per_held_out_subject(trained):
-    grid = np.asarray(Image.open(Path(trained.out_dir) / "samples" / "step_0000020.png"))
-    assert grid.shape == (64, 3 * 64, 3)  # one held-out subject: reference | base | personalized
+def test_the_sample_grid_shows_reference_base_personalized_and_hm_cfg_images_per_held_out_subject(trained):
+    grid = np.asarray(Image.open(Path(trained.out_dir) / "samples" / "step_0000020.png")).astype(int)
+    assert grid.shape == (64, 4 * 64, 3)  # one held-out subject: reference | base | personalized | HM-CFG
     reference = np.asarray(Image.open(Path(trained.data_dir) / "subject_3" / "0.png"))
-    assert np.abs(grid[:, :64].astype(int) - reference).max() <= 1
-    assert np.abs(grid[:, 64:128].astype(int) - grid[:, 128:]).mean() > 1  # the predicted LoRA changes the sample
+    assert np.abs(grid[:, :64] - reference).max() <= 1
+    base, personalized, hm_cfg = grid[:, 64:128], grid[:, 128:192], grid[:, 192:]
+    assert np.abs(base - personalized).mean() > 1  # the predicted LoRA changes the sample
+    assert np.abs(hm_cfg - personalized).mean() > 1 and np.abs(hm_cfg - base).mean() > 1
 
 
 def test_a_trained_checkpoint_is_loaded_encoded_predicted_and_applied_by_the_nodes(trained, pack, sd15, tmp_path):

@@ -1,4 +1,4 @@
-"""Sample grids of held-out subjects: reference | base model | personalized (HM-CFG), from a short Euler sampler."""
+"""Sample grids of held-out subjects: reference | base | personalized | HM-CFG, from a short Euler sampler."""
 import logging
 from pathlib import Path
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 STEPS = 12  # Euler steps over evenly spaced training sigmas: cheap, and enough to compare columns across a run
 S_TEXT = 5.0
-S_SUBJECT = 5.0  # s_subject = s_text: CFG with the personalized conditional and the base unconditional
+S_SUBJECT = 3.0
 
 
 def euler(base: FrozenBase, noise: Tensor, eps: callable) -> Tensor:
@@ -32,7 +32,8 @@ def euler(base: FrozenBase, noise: Tensor, eps: callable) -> Tensor:
 @torch.no_grad()
 def sample_grid(base: FrozenBase, lora: PredictedLoRA, references: Tensor, captions: list[str],
                 seed: int) -> Image.Image:
-    """One row per subject: its reference image, the base model's sample, the personalized sample (same noise)."""
+    """One row per subject: its reference image, then samples from the same noise with CFG on the base model, CFG on
+    the personalized model, and HM-CFG (base uncond and cond, personalized cond)."""
     k, size = len(captions), references.shape[1]
     context = torch.cat([base.encode_text([""] * k), base.encode_text(captions)])
     latent_size = base.encode_images(references[:1]).shape[1:]
@@ -44,14 +45,20 @@ def sample_grid(base: FrozenBase, lora: PredictedLoRA, references: Tensor, capti
 
     def eps_personalized(x, sigma):
         with PerSampleLoRA(base.diffusion_model, lora) as injected:
+            injected.rows = list(range(k)) * 2  # [personalized uncond | personalized cond]
+            u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), context).chunk(2)
+        return u + (c - u) * S_TEXT
+
+    def eps_hm_cfg(x, sigma):
+        with PerSampleLoRA(base.diffusion_model, lora) as injected:
             injected.rows = [-1] * (2 * k) + list(range(k))  # [base uncond | base cond | personalized cond]
             out = base.predict_noise(x.repeat(3, 1, 1, 1), sigma.repeat(3), torch.cat([context, context[k:]]))
         return hm_cfg(*out.chunk(3), s_text=S_TEXT, s_subject=S_SUBJECT)
 
-    columns = [references.cpu(), base.decode_latents(euler(base, noise, eps_base)),
-               base.decode_latents(euler(base, noise, eps_personalized))]
-    grid = torch.cat([torch.cat([c[i] for c in columns], dim=1) for i in range(k)], dim=0)  # rows of 3 images
-    assert grid.shape == (k * size, 3 * size, 3)
+    columns = [references.cpu(), *(base.decode_latents(euler(base, noise, eps))
+                                   for eps in (eps_base, eps_personalized, eps_hm_cfg))]
+    grid = torch.cat([torch.cat([c[i] for c in columns], dim=1) for i in range(k)], dim=0)  # rows of 4 images
+    assert grid.shape == (k * size, len(columns) * size, 3)
     return Image.fromarray((grid.numpy() * 255).round().astype(np.uint8))
 
 
