@@ -2,6 +2,8 @@
 import datetime
 import logging
 import os
+import uuid
+from dataclasses import dataclass
 
 import folder_paths
 import safetensors.torch
@@ -17,11 +19,15 @@ log = logging.getLogger(__name__)
 FAST_PATH_KEY = "hypersubject_predicted_lora"
 
 
+@dataclass(frozen=True)
 class FastPathMark:
-    """Left on a MODEL by Apply Predicted LoRA: `personalized` is `base` + this LoRA and nothing else."""
+    """Left on a MODEL by Apply Predicted LoRA: the model is the one with `base_uuid`'s patches + this LoRA, as long
+    as its own patches are still `own_uuid` (ComfyUI re-rolls a patches_uuid on every change)."""
 
-    def __init__(self, lora: PredictedLoRA, strength: float, base_uuid, own_uuid):
-        self.lora, self.strength, self.base_uuid, self.own_uuid = lora, strength, base_uuid, own_uuid
+    lora: PredictedLoRA
+    strength: float
+    base_uuid: uuid.UUID
+    own_uuid: uuid.UUID
 
 
 def check_family(model, lora: PredictedLoRA) -> None:
