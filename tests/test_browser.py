@@ -87,3 +87,18 @@ def test_the_one_image_workflow_runs_from_the_run_button_and_shows_its_image(fro
     front_end.page.wait_for_timeout(500)
     front_end.page.screenshot(path=str(SCREENSHOTS / "hypersubject_one_image_after_run.png"))
     assert front_end.errors == []
+
+
+def test_a_workflow_from_a_future_version_with_an_unknown_widget_value_still_loads_and_queues_the_same(front_end):
+    import copy
+
+    name = "hypersubject_one_image"
+    future = copy.deepcopy(workflow_files.ui(name))
+    sampler = next(n for n in future["nodes"] if n["type"] == "HMCFGKSampler")
+    sampler["widgets_values"].append(0.5)  # a widget a later version might add at the end
+    future["extra"]["hypersubject_future_field"] = True
+    front_end.load(future, "future")
+    missing = front_end.page.evaluate("() => app.graph.nodes.filter(n => n.has_errors).map(n => n.type)")
+    assert missing == []
+    prompt = front_end.page.evaluate("async () => (await app.graphToPrompt()).output")
+    assert {i: n["inputs"] for i, n in prompt.items()} == {i: n["inputs"] for i, n in workflow_files.api(name).items()}
