@@ -26,20 +26,33 @@ def save_resume(path: str, step: int, net: nn.Module, ema: nn.Module, optimizer:
     """Write the resume checkpoint of the state after `step` optimizer steps."""
     tensors = {f"net/{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
-    optim = optimizer.state_dict()
-    for index, entry in optim["state"].items():
-        tensors.update({f"optimizer/{index}/{key}": torch.as_tensor(value) for key, value in entry.items()})
+    tensors.update({f"optimizer/{k}": v for k, v in optimizer_tensors(optimizer).items()})
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors.update({f"rng/cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     numpy_state = np.random.get_state()
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "world": world, "config": config,
-                "optimizer_param_groups": optim["param_groups"], "scaler": scaler.state_dict(),
+                "optimizer_param_groups": optimizer.state_dict()["param_groups"], "scaler": scaler.state_dict(),
                 "rng_python": random.getstate(), "rng_numpy": [numpy_state[0], numpy_state[1].tolist(),
                                                                 *numpy_state[2:]],
                 "summary": summary}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     write_atomic(path, safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(document)}))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """The optimizer's per-parameter state (AdamW moments, step counts) as `<param index>/<name>` tensors."""
+    return {f"{index}/{key}": torch.as_tensor(value) for index, entry in optimizer.state_dict()["state"].items()
+            for key, value in entry.items()}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], param_groups: list) -> None:
+    """Inverse of `optimizer_tensors`, with the param groups kept as JSON."""
+    state = {}
+    for key, value in tensors.items():
+        index, name = key.split("/", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
 def read_resume(path: str) -> tuple[dict, dict[str, Tensor]]:
@@ -62,11 +75,7 @@ def restore(document: dict, tensors: dict[str, Tensor], net: nn.Module, ema: nn.
     """Load weights, EMA, optimizer, scaler and RNG states into the given objects; returns the step."""
     net.load_state_dict(_section(tensors, "net/"))
     ema.load_state_dict(_section(tensors, "ema/"))
-    state = {}
-    for key, value in _section(tensors, "optimizer/").items():
-        index, name = key.split("/", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": document["optimizer_param_groups"]})
+    load_optimizer(optimizer, _section(tensors, "optimizer/"), document["optimizer_param_groups"])
     if document["scaler"]:
         scaler.load_state_dict(document["scaler"])
     torch.set_rng_state(tensors["rng/torch"])

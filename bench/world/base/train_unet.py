@@ -1,0 +1,197 @@
+"""Train the world's SD1.5-family UNet on class-level prompts with the ordinary eps-prediction loss, resumably.
+
+    python -m bench.world.base.train_unet [--max-minutes M] [--resume]
+
+Data: random train subjects (`split_subjects`) in random contexts, rendered with jitter, encoded on the fly by the
+trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215); prompts are
+`contexts.prompt(context)` with the word "toy", encoded once by the frozen random CLIP-L through ComfyUI's own
+CLIPTextEncode path and cached; 10 % of captions are dropped to the empty prompt so CFG works.
+Noise: ComfyUI's SD15 `ModelSamplingDiscrete` (scaled-linear betas, 1000 steps) and EPS input scaling, taken from
+the model object that ComfyUI itself samples with.
+"""
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...tiny_checkpoints import SD15_TINY_UNET, init_fan_in_
+from ..contexts import all_contexts, prompt
+from ..subjects import split_subjects
+from train.state import load_optimizer, optimizer_tensors
+
+from .common import (CACHE, append_jsonl, import_comfy, load_state, parse_config, render_batch, save_state,
+                     setup_logging)
+
+log = logging.getLogger(__name__)
+SD15_LATENT_SCALE = 0.18215
+EMPTY = len(all_contexts())  # index of the empty prompt in the encoding table
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything that defines a UNet training run; stored in its checkpoint."""
+
+    steps: int = field(default=200_000, metadata={"help": "optimizer steps at most"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop after this many minutes of this run (0: never)"})
+    batch: int = field(default=32, metadata={"help": "batch size"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (constant after warm-up)"})
+    warmup: int = field(default=200, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the exported weights"})
+    caption_dropout: float = field(default=0.1, metadata={"help": "share of empty prompts (for CFG)"})
+    clip_seed: int = field(default=0, metadata={"help": "seed of the frozen random CLIP-L"})
+    seed: int = field(default=0, metadata={"help": "init and data seed"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    save_every_s: float = field(default=240.0, metadata={"help": "checkpoint at least this often (seconds)"})
+    vae: str = field(default=str(CACHE / "vae_state.safetensors"), metadata={"help": "trained TAESD checkpoint (train_vae)"})
+    out: str = field(default=str(CACHE / "unet_state.safetensors"), metadata={"help": "checkpoint path"})
+
+
+def new_world_model(seed: int, unet_config: dict = SD15_TINY_UNET):
+    """ComfyUI's own SD15 BaseModel (UNet + model_sampling) in fp32, with explicit init.
+
+    ComfyUI's ops skip init; like SD's `zero_module`, the last conv of every res block, every transformer's
+    proj_out and the output conv start at zero, so the untrained UNet predicts eps = 0.
+    """
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SD15(dict(unet_config))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    unet = init_fan_in_(model.diffusion_model, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if name.startswith("out.2.") or ".out_layers.3." in name or ".proj_out." in name:
+                param.zero_()
+    return model
+
+
+def prompt_encodings(clip_seed: int) -> torch.Tensor:
+    """(73, 77, 768): CLIPTextEncode of every context prompt, then the empty prompt; cached in .cache/world."""
+    path = CACHE / f"prompts_clip{clip_seed}.safetensors"
+    texts = [prompt(c) for c in all_contexts()] + [""]
+    if path.exists():
+        document, cached = load_state(path)
+        if document["texts"] == texts:
+            return cached["prompts"]["cond"]
+    import comfy.sd
+    import nodes
+
+    from ...tiny_checkpoints import taesd_state_dict, tiny_unet_state_dict
+    from .build import with_clip
+
+    # The CLIP object exactly as CheckpointLoaderSimple builds it from a checkpoint with these CLIP-L keys.
+    state = with_clip({**tiny_unet_state_dict(0), **taesd_state_dict(0)}, clip_seed)
+    clip = comfy.sd.load_state_dict_guess_config(state)[1]
+    cond = torch.cat([nodes.CLIPTextEncode().encode(clip, text)[0][0][0] for text in texts]).float()
+    save_state(path, {"texts": texts}, {"prompts": {"cond": cond}})
+    return cond
+
+
+def load_taesd(path: Path):
+    """The trained, calibrated TAESD, frozen."""
+    from comfy.taesd.taesd import TAESD
+
+    vae = TAESD()
+    vae.load_state_dict(load_state(path)[1]["model"])
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images → the model-space latents ComfyUI samples in: VAE.encode (input ×2−1) × SD15 scale."""
+    return vae.encode(images * 2.0 - 1.0) * SD15_LATENT_SCALE
+
+
+def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Eps-prediction MSE at a uniform integer timestep, with ComfyUI's own noise scaling and input scaling."""
+    sampling = model.model_sampling
+    t = torch.randint(0, len(sampling.sigmas), (len(latents),), generator=generator)
+    sigma = sampling.sigmas[t]
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = sampling.noise_scaling(sigma, noise, latents)  # x0 + sigma·eps
+    eps = model.diffusion_model(sampling.calculate_input(sigma, noisy), sampling.timestep(sigma).float(),
+                                context=context)
+    return F.mse_loss(eps, noise)
+
+
+def train_step(model, optimizer, latents, context, generator) -> float:
+    """One optimizer step on one batch; returns the loss."""
+    loss = diffusion_loss(model, latents, context, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def training_batch(config: UNetConfig, step: int, subjects, vae, encodings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents, prompt encodings) for one step, deterministic per step so a resumed run sees the same data."""
+    rng = np.random.default_rng([config.seed, step])
+    images, contexts = render_batch(subjects, config.batch, rng)
+    index = torch.tensor([all_contexts().index(c) for c in contexts])
+    index[torch.from_numpy(rng.random(config.batch) < config.caption_dropout)] = EMPTY
+    return encode_latents(vae, images), encodings[index]
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay: float, step: int) -> None:
+    """Exponential moving average, with the usual (1+n)/(10+n) warm-up of the decay."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def main(argv=None) -> None:
+    config, resume = parse_config(UNetConfig, argv, __doc__)
+    out = Path(config.out)
+    setup_logging(out.with_suffix(".log"))
+    torch.set_num_threads(config.threads)
+    import_comfy()
+    subjects, _ = split_subjects()
+    encodings = prompt_encodings(config.clip_seed)
+    vae = load_taesd(Path(config.vae))
+
+    model = new_world_model(config.seed)
+    unet = model.diffusion_model
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start = 0
+    if resume and out.exists():
+        document, state = load_state(out)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        load_optimizer(optimizer, state["optimizer"], document["optimizer_param_groups"])
+        start = document["step"]
+        log.info("resumed from %s at step %d", out, start)
+
+    curve, t0, last_save, losses = out.with_suffix(".jsonl"), time.time(), time.time(), []
+    for step in range(start, config.steps):
+        latents, context = training_batch(config, step, subjects, vae, encodings)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
+        losses.append(train_step(model, optimizer, latents, context, torch.Generator().manual_seed(step)))
+        update_ema(ema, unet, config.ema_decay, step)
+        if (step + 1) % 20 == 0:
+            rate = (step + 1 - start) * config.batch / (time.time() - t0)
+            append_jsonl(curve, {"step": step + 1, "loss": float(np.mean(losses)), "samples_per_s": rate})
+            log.info("step %d loss %.4f (%.1f samples/s)", step + 1, np.mean(losses), rate)
+            losses = []
+        done = step == config.steps - 1 or (config.max_minutes and time.time() - t0 > 60 * config.max_minutes)
+        if done or time.time() - last_save > config.save_every_s:
+            save_state(out, {"config": dataclasses.asdict(config), "step": step + 1,
+                             "optimizer_param_groups": optimizer.state_dict()["param_groups"]},
+                       {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer_tensors(optimizer)})
+            log.info("saved %s at step %d", out, step + 1)
+            last_save = time.time()
+        if done:
+            break
+
+
+if __name__ == "__main__":
+    main()
