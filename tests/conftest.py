@@ -65,3 +65,22 @@ def hypernet_files(pack, tmp_path_factory):
     return {"tiny.safetensors": write_tiny_hypernet(folder / "tiny.safetensors", seed=0),
             "tiny_clip_vision.safetensors": write_tiny_hypernet(folder / "tiny_clip_vision.safetensors", seed=1,
                                                                 encoder="clip_vision")}
+
+
+@pytest.fixture(scope="session")
+def served(server, hypernet_files):
+    """The server with every tiny hypernet in models/hypersubject/ and two subject images in input/."""
+    import shutil
+
+    from PIL import Image
+
+    from node_harness import subject_image
+
+    folder = server.base / "models" / "hypersubject"
+    folder.mkdir(exist_ok=True)
+    for name, path in hypernet_files.items():
+        shutil.copy(path, folder / name)
+    for index, name in enumerate(("subject.png", "subject_2.png")):
+        pixels = (subject_image(index, size=96)[0].numpy() * 255).astype("uint8")
+        Image.fromarray(pixels).save(server.base / "input" / name)
+    return server

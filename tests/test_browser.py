@@ -13,15 +13,10 @@ SCREENSHOTS = REPO / ".cache" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def front_end(server, hypernet_files):
-    import shutil
-
+def front_end(served):
     from browser import FrontEnd
 
-    folder = server.base / "models" / "hypersubject"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(hypernet_files["tiny.safetensors"], folder / "tiny.safetensors")
-    ui = FrontEnd(server)
+    ui = FrontEnd(served)
     yield ui
     ui.close()
 
@@ -51,13 +46,7 @@ def test_each_workflow_loads_with_no_missing_node_and_queues_as_its_api_twin(fro
            {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in twin.items()}
 
 
-def test_the_one_image_workflow_runs_from_the_run_button_and_shows_its_image(front_end, server):
-    from PIL import Image
-
-    from node_harness import subject_image
-
-    pixels = (subject_image(0, size=96)[0].numpy() * 255).astype("uint8")
-    Image.fromarray(pixels).save(server.base / "input" / "subject.png")
+def test_the_one_image_workflow_runs_from_the_run_button_and_shows_its_image(front_end):
     front_end.load(workflow_files.ui("hypersubject_one_image"), "hypersubject_one_image")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     front_end.page.mouse.move(5, 500)

@@ -1,5 +1,4 @@
 """Bad input through a real server: each case gives its documented error or policy result, and serving goes on."""
-import shutil
 
 import pytest
 from PIL import Image
@@ -13,18 +12,13 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def served(server, hypernet_files):
-    folder = server.base / "models" / "hypersubject"
-    folder.mkdir(exist_ok=True)
-    for name, path in hypernet_files.items():
-        shutil.copy(path, folder / name)
-    (folder / "empty.safetensors").write_bytes(b"")
+def served(served):
+    """The shared served server plus a zero-byte hypernet, an RGBA image and a 1×1 image."""
+    (served.base / "models" / "hypersubject" / "empty.safetensors").write_bytes(b"")
     pixels = (subject_image(3, size=64, channels=4)[0].numpy() * 255).astype("uint8")
-    Image.fromarray(pixels, "RGBA").save(server.base / "input" / "rgba.png")
-    Image.new("RGB", (1, 1), (200, 10, 10)).save(server.base / "input" / "one_pixel.png")
-    if not (server.base / "input" / "subject.png").exists():
-        Image.fromarray((subject_image(0)[0].numpy() * 255).astype("uint8")).save(server.base / "input" / "subject.png")
-    return server
+    Image.fromarray(pixels, "RGBA").save(served.base / "input" / "rgba.png")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(served.base / "input" / "one_pixel.png")
+    return served
 
 
 def one_image_graph(image="subject.png", hypernet="tiny.safetensors", policy="skip") -> dict:

@@ -1,14 +1,12 @@
 """Every shipped workflow: its UI file and API twin agree, and the API twin runs end to end on a real server."""
 import io
 import json
-import shutil
 
 import pytest
 from PIL import Image
 
 import workflow_files
 from comfy_server import execution_error
-from node_harness import subject_image
 
 pytestmark = pytest.mark.server
 
@@ -29,18 +27,6 @@ def test_the_ui_file_and_its_api_twin_describe_the_same_graph(server, name):
     twin = {node_id: {"class_type": n["class_type"], "inputs": n["inputs"]}
             for node_id, n in workflow_files.api(name).items()}
     assert converted == twin
-
-
-@pytest.fixture(scope="module")
-def served(server, hypernet_files):
-    """The server with a tiny hypernet and two subject images in place."""
-    folder = server.base / "models" / "hypersubject"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(hypernet_files["tiny.safetensors"], folder / "tiny.safetensors")
-    for index, name in enumerate(("subject.png", "subject_2.png")):
-        pixels = (subject_image(index, size=96)[0].numpy() * 255).astype("uint8")
-        Image.fromarray(pixels).save(server.base / "input" / name)
-    return server
 
 
 def tiny(graph: dict) -> dict:
