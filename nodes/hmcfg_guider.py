@@ -16,7 +16,7 @@ import comfy.samplers
 import torch
 
 from ..hypernet import PerSampleLoRA, fold_hm_cfg
-from .predicted_lora import FAST_PATH_KEY, check_family
+from .predicted_lora import FAST_PATH_KEY
 
 PERSONALIZED = uuid.UUID("5d0f9a52-6a43-4a8e-9a55-0b4bd3b4c6a1")  # namespace of the personalized cond copies
 
@@ -37,7 +37,6 @@ class HMCFGGuider(comfy.samplers.CFGGuider):
         mark = fast_path_mark(base, personalized)
         model = base.clone()
         if mark is not None:
-            check_family(base, mark.lora)
             self.per_sample = PerSampleLoRA(model.model.diffusion_model, mark.lora, mark.strength)
             self.marked_uuids = set()
             model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "hypersubject_hmcfg",
