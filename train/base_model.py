@@ -19,18 +19,23 @@ REPO = Path(__file__).resolve().parent.parent
 TEXT_CACHE_SIZE = 4096  # captions kept encoded (a CLIP-L context is 77×768 floats, 236 KB)
 
 
-def import_comfy(cpu: bool) -> None:
-    """Make ComfyUI importable: $HYPERSUBJECT_COMFYUI, else <repo>/.comfyui; `--cpu` when training on the CPU."""
-    if "comfy.cli_args" in sys.modules:
-        return  # already imported by the host process (tests, or ComfyUI itself)
+def comfyui_root() -> Path:
+    """The ComfyUI checkout: $HYPERSUBJECT_COMFYUI, else the project-local copy that `make env` makes."""
     root = Path(os.environ.get("HYPERSUBJECT_COMFYUI", REPO / ".comfyui"))
     if not (root / "comfy").is_dir():
         raise RuntimeError(f"no ComfyUI at {root}: run `make env` or set HYPERSUBJECT_COMFYUI to a ComfyUI checkout")
-    sys.path.insert(0, str(root))
+    return root
+
+
+def import_comfy(cpu: bool) -> None:
+    """Make ComfyUI importable in-process; `--cpu` when running on the CPU (ComfyUI parses sys.argv on import)."""
+    if "comfy.cli_args" in sys.modules:
+        return  # already imported by the host process (tests, or ComfyUI itself)
+    sys.path.insert(0, str(comfyui_root()))
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    argv, sys.argv = sys.argv, [sys.argv[0]] + ["--cpu"] * cpu  # ComfyUI parses sys.argv on import
+    argv, sys.argv = sys.argv, [sys.argv[0]] + ["--cpu"] * cpu
     try:
         import comfy.cli_args  # noqa: F401
     finally:
