@@ -3,7 +3,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,10 @@ STATE_KEY = "world_training_state"
 
 
 def import_comfy() -> None:
-    """Make `comfy` importable in-process (CPU), as the tests do."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_runtime import import_comfy as _import
+    """Make `comfy` importable in-process (CPU), as the trainer and the tests do."""
+    from train.base_model import import_comfy as import_comfy_runtime
 
-    _import()
+    import_comfy_runtime(cpu=True)
 
 
 def parse_config(config_cls, argv=None, description: str = ""):
