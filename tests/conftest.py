@@ -26,6 +26,14 @@ def checkpoints():
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Trainer data: 4 subjects × 2 images of 64 px; with held_out = 1, 6 training images."""
+    from test_train_data import write_subjects
+
+    return write_subjects(tmp_path_factory.mktemp("subjects"))
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory, checkpoints):
     """A real ComfyUI server with this pack and the tiny checkpoints; stopped by PID at the end."""
     from comfy_server import ComfyServer

@@ -11,7 +11,7 @@ import pytest
 import hypernet
 from train.state import read_resume
 
-from test_train_run import REPO, SUBPROCESS_ENV, command_line, data_dir, tiny_config  # noqa: F401 (fixture)
+from train_runs import REPO, SUBPROCESS_ENV, command_line, tiny_config
 
 pytestmark = pytest.mark.slow
 

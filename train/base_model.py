@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT_CACHE_SIZE = 4096  # captions kept encoded (a CLIP-L context is 77×768 floats, 236 KB)
+LATENT_TO_PIXELS = 8  # ComfyUI's samplers give SDXL's size conditioning as latent size × 8
 
 
 def comfyui_root() -> Path:
@@ -49,35 +51,58 @@ def unet_dtype(device: torch.device, amp: str) -> torch.dtype:
     return {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+@dataclass(frozen=True)
+class EncodedText:
+    """Captions through the base model's text encoder: the cross-attention context B×77×D and the pooled text B×P
+    (read by SDXL-family models through their ADM input, unused by SD1.5)."""
+
+    context: Tensor
+    pooled: Tensor
+
+
 class FrozenBase:
-    """UNet + noise schedule + VAE encode/decode + cached text encode of one base checkpoint, all frozen."""
+    """UNet + noise schedule + VAE encode/decode + cached text encode of one base model, all frozen.
 
-    def __init__(self, checkpoint: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    SD1.5 family (context only) and SDXL family (context, plus pooled text and image size through the ADM input,
+    built as ComfyUI's samplers build it), eps prediction. `load` reads a standard checkpoint file; the constructor
+    takes ComfyUI objects already built (a tiny SDXL-architecture model in the tests, since the stock loader detects
+    SDXL only at its full 2.6B-parameter size).
+    """
+
+    def __init__(self, model, clip, vae, device: torch.device, source: str = "the base model"):
         import comfy.model_base
-        import comfy.model_management
-        import comfy.sd
 
-        if not Path(checkpoint).is_file():
-            raise ValueError(f"base_checkpoint {checkpoint!r} is not a file: expected a standard SD1.5-family "
-                             f".safetensors checkpoint")
-        text_dtype = {"dtype": torch.float32} if device.type == "cpu" else {}  # ComfyUI's fp16 is slow on CPUs
-        patcher, self.clip, self.vae, _ = comfy.sd.load_checkpoint_guess_config(
-            checkpoint, output_vae=True, output_clip=True, model_options={"dtype": dtype}, te_model_options=text_dtype)
-        if self.clip is None:
-            raise ValueError(f"{checkpoint} has no text encoder: the trainer encodes captions with the "
-                             f"checkpoint's own CLIP; use a full checkpoint (UNet + VAE + CLIP)")
-        model = patcher.model
-        if model.model_type != comfy.model_base.ModelType.EPS or model.adm_channels:
-            raise ValueError(f"{checkpoint} is a {type(model).__name__} ({model.model_type.name}): the trainer "
-                             f"supports eps-prediction models without extra conditioning (SD1.5 family)")
-        if device.type != "cpu":
-            comfy.model_management.unload_all_models()  # the loader may have put the UNet under management
+        if clip is None:
+            raise ValueError(f"{source} has no text encoder: the trainer encodes captions with the base model's own "
+                             f"CLIP; use a full checkpoint (UNet + VAE + CLIP)")
+        supported = model.model_type == comfy.model_base.ModelType.EPS and (
+            not model.adm_channels or isinstance(model, comfy.model_base.SDXL))
+        if not supported:
+            raise ValueError(f"{source} is a {type(model).__name__} ({model.model_type.name}): the trainer supports "
+                             f"eps-prediction SD1.5-family and SDXL-family base models")
         self.model = model.to(device).requires_grad_(False).eval()
+        self.clip, self.vae = clip, vae
         self.diffusion_model = model.diffusion_model
         self.model_sampling = model.model_sampling
         self.dtype = model.manual_cast_dtype or model.get_dtype()
         self.device = device
-        self._texts: OrderedDict[str, Tensor] = OrderedDict()
+        self._texts: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    @classmethod
+    def load(cls, checkpoint: str, device: torch.device, dtype: torch.dtype = torch.float32) -> "FrozenBase":
+        """The base model of a standard .safetensors checkpoint (UNet + VAE + text encoder), through ComfyUI."""
+        import comfy.model_management
+        import comfy.sd
+
+        if not Path(checkpoint).is_file():
+            raise ValueError(f"base_checkpoint {checkpoint!r} is not a file: expected a standard SD1.5- or "
+                             f"SDXL-family .safetensors checkpoint")
+        text_dtype = {"dtype": torch.float32} if device.type == "cpu" else {}  # ComfyUI's fp16 is slow on CPUs
+        patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            checkpoint, output_vae=True, output_clip=True, model_options={"dtype": dtype}, te_model_options=text_dtype)
+        if device.type != "cpu":
+            comfy.model_management.unload_all_models()  # the loader may have put the UNet under management
+        return cls(patcher.model, clip, vae, device, source=checkpoint)
 
     @property
     def num_timesteps(self) -> int:
@@ -95,23 +120,34 @@ class FrozenBase:
         return self.vae.decode(self.model.process_latent_out(latents)).float().clamp(0, 1).cpu()
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> Tensor:
-        """Captions → CLIP context B×77×768 on the device; each caption is encoded once (LRU cache)."""
+    def encode_text(self, captions: list[str]) -> EncodedText:
+        """Captions → context and pooled text on the device; each caption is encoded once (LRU cache)."""
         for caption in captions:
             if caption in self._texts:
                 self._texts.move_to_end(caption)
                 continue
-            self._texts[caption] = self.clip.encode_from_tokens(self.clip.tokenize(caption)).float().cpu()
+            context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(caption), return_pooled=True)
+            self._texts[caption] = (context.float().cpu(), pooled.float().cpu())
             if len(self._texts) > TEXT_CACHE_SIZE:
                 self._texts.popitem(last=False)
-        return torch.cat([self._texts[c] for c in captions]).to(self.device)
+        return EncodedText(*(torch.cat([self._texts[c][i] for c in captions]).to(self.device) for i in (0, 1)))
 
-    def predict_noise(self, x_noisy: Tensor, sigma: Tensor, context: Tensor) -> Tensor:
+    def predict_noise(self, x_noisy: Tensor, sigma: Tensor, text: EncodedText) -> Tensor:
         """ε predicted by the UNet for x = x0 + σ·ε at noise level σ (one per row), in float32; differentiable."""
         sampling = self.model_sampling
         x_in = sampling.calculate_input(sigma, x_noisy).to(self.dtype)
         timestep = sampling.timestep(sigma).float()
-        return self.diffusion_model(x_in, timestep, context=context.to(self.dtype)).float()
+        return self.diffusion_model(x_in, timestep, context=text.context.to(self.dtype),
+                                    y=self.adm_input(text, x_noisy.shape)).float()
+
+    def adm_input(self, text: EncodedText, latent_shape: torch.Size) -> Tensor | None:
+        """SDXL's extra input (pooled text + size embeddings) as ComfyUI's samplers build it for a plain text
+        prompt: width and height of the image (latent × 8), no crop; None for models without one (SD1.5)."""
+        if not self.model.adm_channels:
+            return None
+        height, width = latent_shape[-2] * LATENT_TO_PIXELS, latent_shape[-1] * LATENT_TO_PIXELS
+        y = self.model.encode_adm(pooled_output=text.pooled, width=width, height=height)
+        return y.to(self.device, self.dtype)
 
     def enable_grad_checkpointing(self) -> None:
         """Recompute every res block and spatial transformer in the backward pass instead of storing activations.

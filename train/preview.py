@@ -35,24 +35,25 @@ def sample_grid(base: FrozenBase, lora: PredictedLoRA, references: Tensor, capti
     """One row per subject: its reference image, then samples from the same noise with CFG on the base model, CFG on
     the personalized model, and HM-CFG (base uncond and cond, personalized cond)."""
     k, size = len(captions), references.shape[1]
-    context = torch.cat([base.encode_text([""] * k), base.encode_text(captions)])
+    text = base.encode_text([""] * k + captions)  # [uncond | cond]
+    text_hm_cfg = base.encode_text([""] * k + captions + captions)  # [base uncond | base cond | personalized cond]
     latent_size = base.encode_images(references[:1]).shape[1:]
     noise = torch.randn((k, *latent_size), generator=torch.Generator().manual_seed(seed)).to(base.device)
 
     def eps_base(x, sigma):
-        u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), context).chunk(2)
+        u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
         return u + (c - u) * S_TEXT
 
     def eps_personalized(x, sigma):
         with PerSampleLoRA(base.diffusion_model, lora) as injected:
             injected.rows = list(range(k)) * 2  # [personalized uncond | personalized cond]
-            u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), context).chunk(2)
+            u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
         return u + (c - u) * S_TEXT
 
     def eps_hm_cfg(x, sigma):
         with PerSampleLoRA(base.diffusion_model, lora) as injected:
-            injected.rows = [-1] * (2 * k) + list(range(k))  # [base uncond | base cond | personalized cond]
-            out = base.predict_noise(x.repeat(3, 1, 1, 1), sigma.repeat(3), torch.cat([context, context[k:]]))
+            injected.rows = [-1] * (2 * k) + list(range(k))
+            out = base.predict_noise(x.repeat(3, 1, 1, 1), sigma.repeat(3), text_hm_cfg)
         return hm_cfg(*out.chunk(3), s_text=S_TEXT, s_subject=S_SUBJECT)
 
     columns = [references.cpu(), *(base.decode_latents(euler(base, noise, eps))

@@ -74,7 +74,7 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
     # frozen base model, the hypernet, its EMA, the optimizer
     import_comfy(cpu=proc.device.type == "cpu")
     dtype = unet_dtype(proc.device, cfg.amp)  # also refuses autocast on a CPU
-    base = base or FrozenBase(cfg.base_checkpoint, proc.device, dtype)
+    base = base or FrozenBase.load(cfg.base_checkpoint, proc.device, dtype)
     if cfg.grad_checkpointing:
         base.enable_grad_checkpointing()
     clip_vision = FrozenClipVision(cfg.clip_vision) if cfg.encoder == "clip_vision" else None
@@ -240,7 +240,7 @@ def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: F
     checkpointing runs the UNet blocks again there.
     """
     latents = base.encode_images(batch["target"])
-    context = base.encode_text(batch["caption"])
+    text = base.encode_text(batch["caption"])
     sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
     subject = subject_input(batch["reference"], clip_vision).to(base.device)
     with autocast(base.device, amp):
@@ -248,7 +248,7 @@ def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: F
     with PerSampleLoRA(base.diffusion_model, lora):  # row i ↔ subject i
         with autocast(base.device, amp):
             x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
-            eps = base.predict_noise(x_noisy, sigma, context)
+            eps = base.predict_noise(x_noisy, sigma, text)
         yield F.mse_loss(eps, noise), weight_l2(lora.to(torch.float32)).mean()
 
 
