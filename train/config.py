@@ -68,7 +68,8 @@ class TrainConfig:
                              "optimization")
     seed: int = param(0, "seed of the initial weights, data order, augmentations, noise and timesteps",
                       "optimization")
-    amp: str = param("none", "autocast precision on GPU: 'none', 'bf16' or 'fp16' (CPU: 'none' only)",
+    amp: str = param("none", "autocast precision: 'none', 'bf16' or 'fp16' (with loss scaling); meant for GPUs (on a "
+                             "CPU bf16 runs, fp16 is slow)",
                      "optimization", ("none", "bf16", "fp16"))
     grad_checkpointing: bool = param(False, "recompute the frozen UNet's blocks in the backward pass to save memory",
                                      "optimization")

@@ -73,7 +73,7 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
 
     # frozen base model, the hypernet, its EMA, the optimizer
     import_comfy(cpu=proc.device.type == "cpu")
-    dtype = unet_dtype(proc.device, cfg.amp)  # also refuses autocast on a CPU
+    dtype = unet_dtype(cfg.amp)
     base = base or FrozenBase.load(cfg.base_checkpoint, proc.device, dtype)
     if cfg.grad_checkpointing:
         base.enable_grad_checkpointing()
