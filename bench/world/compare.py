@@ -13,117 +13,21 @@ import json
 import logging
 import shutil
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hypernet import to_lora_state_dict
-
-from .contexts import Context, prompt, random_context
-from .metrics import context_alignment, diversity, identity_accuracy, subject_fidelity
-from .render import render
-from .subjects import Subject, split_subjects
 from .base.common import CACHE, REPO, import_comfy, setup_logging
 from .base.evaluate import load_stock, save_grid, stock_loadable
+from .cases import Case, make_cases
+from .contexts import prompt
 from .finetune import finetune_lora
+from .metrics import context_alignment, diversity, identity_accuracy, subject_fidelity
+from .node_sampler import CFG, SAMPLER, Row, Sampler
+from .render import render
 
 log = logging.getLogger(__name__)
-SAMPLER = dict(steps=20, sampler_name="euler", scheduler="normal")
-CFG = 5.0
-
-
-@dataclass(frozen=True)
-class Case:
-    """A held-out subject, its reference image (one context) and the prompts that ask for other backgrounds."""
-
-    subject: Subject
-    reference_context: Context
-    reference: np.ndarray
-    prompts: tuple[Context, ...]
-
-
-@dataclass
-class Row:
-    """One method's images [case, prompt, seed, H, W, 3] and its personalization seconds per subject."""
-
-    name: str
-    images: np.ndarray
-    seconds: float
-
-
-def make_cases(n: int, n_prompts: int, seed: int) -> list[Case]:
-    """n held-out subjects; each prompt's background differs from the reference image's."""
-    rng = np.random.default_rng(seed)
-    _, held_out = split_subjects()
-    cases = []
-    for index in rng.choice(len(held_out), n, replace=False):
-        subject, reference_context = held_out[int(index)], random_context(rng)
-        prompts = []
-        while len(prompts) < n_prompts:
-            context = random_context(rng)
-            if context.background != reference_context.background and context not in prompts:
-                prompts.append(context)
-        cases.append(Case(subject, reference_context, render(subject, reference_context), tuple(prompts)))
-    return cases
-
-
-class Sampler:
-    """ComfyUI nodes in-process (under inference mode, as the executor runs them) for one base checkpoint."""
-
-    def __init__(self, pack: dict, model, clip, vae, seeds: int):
-        self.pack, self.model, self.clip, self.vae, self.seeds = pack, model, clip, vae, seeds
-
-    @torch.inference_mode()
-    def images(self, personalized, context: Context, seed: int, hm_cfg: tuple[float, float] | None = None):
-        """`seeds` images of the prompt: KSampler with CFG on `personalized` (or the base model when None), or the
-        HM-CFG KSampler with (s_text, s_subject)."""
-        import nodes
-
-        positive = nodes.CLIPTextEncode().encode(self.clip, prompt(context))[0]
-        negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
-        latent = nodes.EmptyLatentImage().generate(64, 64, self.seeds)[0]
-        if hm_cfg is None:
-            samples = nodes.KSampler().sample(personalized or self.model, seed, SAMPLER["steps"], CFG,
-                                              SAMPLER["sampler_name"], SAMPLER["scheduler"], positive, negative,
-                                              latent)[0]
-        else:
-            samples = self.pack["HMCFGKSampler"].execute(
-                base_model=self.model, personalized_model=personalized, positive=positive, negative=negative,
-                s_text=hm_cfg[0], s_subject=hm_cfg[1], start_percent=0.0, end_percent=1.0, latent_image=latent,
-                seed=seed, denoise=1.0, **SAMPLER).args[0]
-        return nodes.VAEDecode().decode(self.vae, samples)[0].numpy()
-
-    def row(self, name: str, cases: list[Case], personalize, hm_cfg=None) -> Row:
-        """Images of every case × prompt; `personalize(case)` → (MODEL or None, seconds it took)."""
-        images, seconds = [], []
-        for i, case in enumerate(cases):
-            model, spent = personalize(case)
-            seconds.append(spent)
-            images.append([self.images(model, context, 1000 * i + j, hm_cfg) for j, context in enumerate(case.prompts)])
-        log.info("sampled %s", name)
-        return Row(name, np.asarray(images), float(np.mean(seconds)))
-
-    @torch.inference_mode()
-    def hypernet_lora(self, hypernet_name: str, case: Case):
-        """Encode Subject → Predict LoRA → Apply Predicted LoRA; seconds of the encode and predict."""
-        run = lambda node, **inputs: self.pack[node].execute(**inputs).args  # noqa: E731
-        (net,) = run("HyperSubjectLoader", hypernet_name=hypernet_name)
-        started = time.perf_counter()
-        image = torch.from_numpy(case.reference.astype(np.float32))[None]
-        embeds, _ = run("HyperSubjectEncode", hypernet=net, image=image, combine="mean", on_bad_input="error")
-        (lora,) = run("HyperSubjectPredictLoRA", hypernet=net, subject=embeds)
-        seconds = time.perf_counter() - started
-        return run("HyperSubjectApplyLoRA", model=self.model, subject_lora=lora, strength=1.0)[0], seconds
-
-    @torch.inference_mode()
-    def stock_lora(self, lora) -> object:
-        """A fine-tuned LoRA through ComfyUI's own loader (what LoraLoaderModelOnly does with the file)."""
-        import comfy.sd
-
-        return comfy.sd.load_lora_for_models(self.model, None, to_lora_state_dict(lora), 1.0, 0.0)[0]
 
 
 def finetune_rows(sampler: Sampler, cases: list[Case], checkpoint: Path, rank: int, alpha: float,
@@ -132,16 +36,18 @@ def finetune_rows(sampler: Sampler, cases: list[Case], checkpoint: Path, rank: i
     from train.base_model import FrozenBase
 
     base = FrozenBase.load(str(checkpoint), torch.device("cpu"))
-    tuned = []
+    tuned = {}  # subject id → {steps: (LoRA, seconds)}
     for i, case in enumerate(cases):
         reference = torch.from_numpy(case.reference.astype(np.float32))
-        tuned.append({n: (lora, s) for n, lora, s in finetune_lora(base, reference, prompt(case.reference_context),
-                                                                   rank, alpha, steps, seed=i)})
+        snapshots = finetune_lora(base, reference, prompt(case.reference_context), rank, alpha, steps, seed=i)
+        tuned[case.subject.id] = {n: (lora, seconds) for n, lora, seconds in snapshots}
         log.info("fine-tuned subject %d/%d", i + 1, len(cases))
-    return [sampler.row(f"fine-tuned LoRA, {n} steps", cases,
-                        lambda case, n=n: (sampler.stock_lora(tuned[cases.index(case)][n][0]),
-                                           tuned[cases.index(case)][n][1]))
-            for n in steps]
+
+    def personalize(case: Case, n: int):
+        lora, seconds = tuned[case.subject.id][n]
+        return sampler.stock_lora(lora), seconds
+
+    return [sampler.row(f"fine-tuned LoRA, {n} steps", cases, lambda case, n=n: personalize(case, n)) for n in steps]
 
 
 def scores(row: Row, cases: list[Case]) -> dict:
@@ -236,7 +142,9 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     sampler = Sampler(pack, model, clip, vae, args.seeds)
     cases = make_cases(args.subjects, args.prompts, seed=0)
 
-    hypernet = lambda name: lambda case: sampler.hypernet_lora(name, case)  # noqa: E731
+    def hypernet(name: str):
+        return lambda case: sampler.hypernet_lora(name, case)
+
     rows = [sampler.row("base model (no subject)", cases, lambda case: (None, 0.0)),
             sampler.row("hypernet, plain CFG", cases, hypernet("world.safetensors")),
             *(sampler.row(f"hypernet, HM-CFG s_text {CFG:g} s_subject {s:g}", cases, hypernet("world.safetensors"),

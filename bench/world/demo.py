@@ -21,7 +21,7 @@ from PIL import Image
 
 from .base.common import CACHE, REPO, import_comfy
 from .base.evaluate import save_grid, stock_loadable
-from .compare import make_cases
+from .cases import make_cases
 from .contexts import prompt
 from .dataset import save_png
 from .render import render
