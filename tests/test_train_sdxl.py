@@ -1,6 +1,6 @@
 """The trainer on an SDXL-family base: a tiny SDXL-architecture model (ComfyUI's SDXL class, the real SDXL text
 encoders with random weights) predicts what ComfyUI's own sampling path predicts, and a short run learns and writes
-an 'sdxl' hypernet that the nodes' per-sample LoRA accepts."""
+an 'sdxl' hypernet whose LoRA the nodes apply and HM-CFG mixes as its formula says."""
 from pathlib import Path
 
 import pytest
@@ -11,12 +11,21 @@ from bench.tiny_checkpoints import tiny_sdxl
 from train import trainer
 from train.base_model import EncodedText, FrozenBase
 
+from node_harness import conditioning, one_step_denoised, run
 from train_runs import fixed_batch, losses_on, tiny_config
 
 
 @pytest.fixture(scope="module")
 def sdxl_base(comfy_root) -> FrozenBase:
     return FrozenBase(*tiny_sdxl(seed=0), torch.device("cpu"), source="the tiny SDXL model")
+
+
+@pytest.fixture(scope="module")
+def sdxl_run(sdxl_base, data_dir, checkpoints, tmp_path_factory):
+    """10 steps on the tiny SDXL base; the run's config."""
+    cfg = tiny_config(data_dir, checkpoints, tmp_path_factory.mktemp("sdxl_run"), max_steps=10, base_checkpoint="")
+    trainer.train(cfg, base=sdxl_base)
+    return cfg
 
 
 def comfy_denoised(base: FrozenBase, x: torch.Tensor, sigma: torch.Tensor, prompt: str) -> torch.Tensor:
@@ -48,22 +57,41 @@ def test_the_sdxl_unet_gets_what_comfyuis_sampler_gives_it_pooled_text_and_image
                                   sdxl_base.predict_noise(x, sigma, text), atol=1e-6)
 
 
-def test_a_short_run_on_the_sdxl_base_lowers_the_loss_and_writes_an_sdxl_hypernet(sdxl_base, data_dir, checkpoints,
-                                                                                   tmp_path):
-    cfg = tiny_config(data_dir, checkpoints, tmp_path / "run", max_steps=10, base_checkpoint="")
-    untrained = trainer.build_hypernet(cfg, sdxl_base, None)
-    trainer.train(cfg, base=sdxl_base)
-    net, _ = hypernet.load(str(Path(cfg.out_dir) / "hypernet.safetensors"))
-    batch = fixed_batch(cfg)
+def test_a_short_run_on_the_sdxl_base_lowers_the_loss_and_writes_an_sdxl_hypernet(sdxl_base, sdxl_run):
+    untrained = trainer.build_hypernet(sdxl_run, sdxl_base, None)
+    net, _ = hypernet.load(str(Path(sdxl_run.out_dir) / "hypernet.safetensors"))
+    batch = fixed_batch(sdxl_run)
     before, after = losses_on(untrained, sdxl_base, batch)[0], losses_on(net, sdxl_base, batch)[0]
     assert after < 0.9 * before, f"denoising loss {before:.4f} → {after:.4f} after 10 steps"
-
     assert net.config.family == "sdxl"
     cross_keys = [t for t in net.config.targets if t.name.endswith("attn2.to_k")]
     assert cross_keys and all(t.in_features == 2048 for t in cross_keys)
-    with torch.no_grad():
-        lora = net(net.encode(batch["reference"][:1]))
-        with hypernet.PerSampleLoRA(sdxl_base.diffusion_model, lora):
-            personalized = sdxl_base.predict_noise(torch.randn(1, 4, 8, 8), torch.tensor([2.0]),
-                                                   sdxl_base.encode_text(["a toy"]))
-    assert personalized.isfinite().all()
+
+
+def test_the_nodes_apply_the_sdxl_hypernets_lora_and_hm_cfg_follows_its_formula(sdxl_base, sdxl_run, pack):
+    import comfy.model_patcher
+    import comfy.samplers
+    import folder_paths
+
+    folder_paths.add_model_folder_path("hypersubject", sdxl_run.out_dir)
+    base = comfy.model_patcher.ModelPatcher(sdxl_base.model, torch.device("cpu"), torch.device("cpu"))
+    (net,) = run(pack["HyperSubjectLoader"], hypernet_name="hypernet.safetensors")
+    embeds, _ = run(pack["HyperSubjectEncode"], hypernet=net, image=fixed_batch(sdxl_run)["reference"][:1],
+                    combine="mean", on_bad_input="error")
+    (lora,) = run(pack["HyperSubjectPredictLoRA"], hypernet=net, subject=embeds)
+    (personalized,) = run(pack["HyperSubjectApplyLoRA"], model=base, subject_lora=lora, strength=1.0)
+    positive, negative = conditioning(sdxl_base.clip, "a toy"), conditioning(sdxl_base.clip, "")
+
+    def alone(model, cond):
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(cond, cond)
+        guider.set_cfg(1.0)
+        return one_step_denoised(guider, 2.0)
+
+    u, c, p = alone(base, negative), alone(base, positive), alone(personalized, positive)
+    (guider,) = run(pack["HMCFGGuider"], base_model=base, personalized_model=personalized, positive=positive,
+                    negative=negative, s_text=4.0, s_subject=2.0, start_percent=0.0, end_percent=1.0)
+    assert guider.fast, "Apply Predicted LoRA's output should take the per-sample fast path"
+    assert (p - c).abs().max() > 1e-4, "the LoRA must change the prediction for this test to mean anything"
+    expected = u + 4.0 * (c - u) + 2.0 * (p - c)
+    assert (one_step_denoised(guider, 2.0) - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
