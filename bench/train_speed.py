@@ -1,9 +1,9 @@
 """Cost of a training step as a ratio to a plain forward+backward of the frozen UNet (same batch, same resolution).
 
-    .venv/bin/python -m bench.train_speed [--batch 8] [--size 64] [--repeats 7] [--checkpoint PATH]
+    .venv/bin/python -m bench.train_speed [--batch 8] [--size 64] [--repeats 7] [--checkpoint PATH] [--config TOML]
 
 Plain: the frozen UNet's denoising loss, backward to the noisy input (activations only; no weight gradients).
-Training step: hypernet forward (embedded encoder, default decoder) → per-sample LoRA on every attention projection
+Training step: hypernet forward (embedded encoder; the trainer's default sizes, or those of a --config file) → per-sample LoRA on every attention projection
 → the same UNet forward → backward into the hypernet → AdamW step. Peak memory: resident memory sampled every 2 ms
 while the steps run, above the level just before them; each kind in a child process of its own.
 """
@@ -44,7 +44,7 @@ class PeakMemory:
         self.extra = self.peak - self.start
 
 
-def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int) -> dict:
+def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int, config: str | None) -> dict:
     """One kind ('plain', 'lora' or 'train') in this process: median step seconds and peak extra memory in MB."""
     from train.base_model import FrozenBase, import_comfy
     from train.config import TrainConfig
@@ -59,7 +59,8 @@ def measure(kind: str, checkpoint: str, batch: int, size: int, repeats: int) -> 
     text = base.encode_text(["a toy on a blue background"] * batch)
     sigma, noise = sample_noise(torch.arange(batch), latents.shape[1:], base)
     x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
-    cfg = TrainConfig(base_checkpoint=checkpoint, data_dir=".", image_size=size)
+    sizes = dict(base_checkpoint=checkpoint, data_dir=".", image_size=size, encoder="embedded")
+    cfg = TrainConfig.from_toml(config, **sizes) if config else TrainConfig(**sizes)
     net = build_hypernet(cfg, base, None)
     with torch.no_grad():  # an untrained net predicts zeros; give the LoRAs the cost of real ones
         for name, param in net.named_parameters():
@@ -100,19 +101,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--checkpoint", default=str(REPO / ".cache/checkpoints/v1/sd15_tiny_clip.safetensors"))
+    parser.add_argument("--config", help="a trainer TOML file whose hypernet sizes to use (default: the trainer's)")
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind:
-        print(json.dumps(measure(args.kind, args.checkpoint, args.batch, args.size, args.repeats)))
+        print(json.dumps(measure(args.kind, args.checkpoint, args.batch, args.size, args.repeats, args.config)))
         return
     results = {}
     for kind in ("plain", "lora", "train"):
         command = [sys.executable, "-m", "bench.train_speed", "--kind", kind, "--batch", str(args.batch),
-                   "--size", str(args.size), "--repeats", str(args.repeats), "--checkpoint", args.checkpoint]
+                   "--size", str(args.size), "--repeats", str(args.repeats), "--checkpoint", args.checkpoint,
+                   *(["--config", args.config] if args.config else [])]
         output = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
         results[kind] = json.loads(output.strip().splitlines()[-1])
     plain = results["plain"]
-    print(f"batch {args.batch}, {args.size}×{args.size} px, median of {args.repeats}, {torch.get_num_threads()} threads")
+    print(f"batch {args.batch}, {args.size}×{args.size} px, median of {args.repeats}, {torch.get_num_threads()} threads, "
+          f"hypernet sizes from {args.config or 'the trainer defaults'}")
     print("| step | ms | time ratio | peak extra memory (MB) | memory ratio |\n|---|---|---|---|---|")
     for label, r in (("plain UNet forward+backward", plain), ("the same with per-sample LoRAs", results["lora"]),
                      ("whole hypernet training step", results["train"])):

@@ -3,9 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import hypernet
 from bench.world import compare, demo
+from bench.world.base.evaluate import stock_loadable
+from bench.world.identity_gap import identity_gap, pair_batch
+from train.base_model import FrozenBase
 
 
 def test_the_comparison_bench_at_toy_size_gives_every_row_every_column_and_a_grid(pack, tmp_path):
@@ -39,3 +44,17 @@ def test_the_demo_queues_the_shipped_workflow_on_a_real_server_and_writes_images
         pixels = np.asarray(Image.open(path))
         assert pixels.shape == (64, 64, 3) and pixels.std() > 0
     assert Image.open(tmp_path / "grid.png").size == (5 * 64, 64)  # reference | (sample, truth) × 2
+
+
+def test_the_identity_gap_compares_the_same_noise_with_own_shuffled_and_no_lora(comfy_root, tmp_path):
+    base = FrozenBase.load(str(stock_loadable(demo.BASE_MODEL, tmp_path)), torch.device("cpu"))
+    batch = pair_batch(8, seed=0)
+    net, _ = hypernet.load(str(demo.HYPERNET))
+    trained = identity_gap(base, net, batch)
+    assert trained["own"] != trained["shuffled"] and trained["own"] != trained["none"]
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if ".heads.up_" in f".{name}":
+                param.zero_()  # ΔW = 0 for every subject
+    untrained = identity_gap(base, net, batch)
+    assert untrained["own"] == untrained["shuffled"] == untrained["none"] == trained["none"]
