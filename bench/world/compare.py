@@ -86,6 +86,12 @@ def grid(rows: dict[str, Row], cases: list[Case], columns: list[str], path: Path
     save_grid(np.stack(lines), len(columns) + 2, path)
 
 
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository when inside it, else as given."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def load_pack(work: Path) -> dict:
     """This pack loaded into the in-process ComfyUI (as custom_nodes/HyperSubject under `work`)."""
     sys.path[:0] = [str(REPO / "tests")]
@@ -158,7 +164,7 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     hm_middle = f"hypernet, HM-CFG s_text {CFG:g} s_subject {args.hm_cfg[len(args.hm_cfg) // 2]:g}"
     grid(by_name, cases, ["base model (no subject)", "hypernet, plain CFG", hm_middle], args.out / "grid.png")
     setup = {"subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG, **SAMPLER,
-             "hypernet": str(args.hypernet), "hypernet_lambda0": str(args.hypernet_lambda0), "ckpt": str(args.ckpt)}
+             **{name: repo_relative(getattr(args, name)) for name in ("hypernet", "hypernet_lambda0", "ckpt")}}
     (args.out / "results.json").write_text(json.dumps({"setup": setup, "rows": results}, indent=2))
     (args.out / "table.md").write_text(table(results, 1 / args.subjects) + "\n")
     log.info("\n%s\nwrote %s", table(results, 1 / args.subjects), args.out)
