@@ -173,14 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description="Train a HyperSubject hypernetwork. "
                                      "Options override the --config TOML file, which overrides the defaults.")
     parser.add_argument("--config", help="TOML config file (see train/example.toml)")
+    add_config_options(parser, TrainConfig)
+    return parser
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One `--<field>` option per field of a config dataclass: typed (a bool takes true/false, or nothing for true),
+    help, choices and --help section from the field's metadata; options not given stay out of the parsed namespace,
+    so the dataclass (or a config file) supplies their values."""
     groups = {}
-    for f in fields(TrainConfig):
-        group = groups.setdefault(f.metadata["group"], parser.add_argument_group(f.metadata["group"]))
+    for f in fields(config_cls):
+        section = f.metadata.get("group")
+        target = groups.setdefault(section, parser.add_argument_group(section)) if section else parser
         kind = _field_type(f)
         extra = {"nargs": "?", "const": True, "type": _parse_bool} if kind is bool else {"type": kind}
-        group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, choices=f.metadata["choices"],
-                           help=f"{f.metadata['help']} (default: {f.default!r})", **extra)
-    return parser
+        target.add_argument(f"--{f.name}", default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                            help=f"{f.metadata.get('help', '')} (default: {f.default!r})", **extra)
 
 
 def parse_cli(argv: list[str] | None = None) -> tuple[TrainConfig, str]:

@@ -1,6 +1,5 @@
 """Shared plumbing for the base-model scripts: paths, ComfyUI import, CLI from a config dataclass, data, checkpoints."""
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -29,16 +28,11 @@ def import_comfy() -> None:
 
 
 def parse_config(config_cls, argv=None, description: str = ""):
-    """An argparse CLI generated from a frozen dataclass (one flag per field, help from field metadata), plus --resume."""
+    """The trainer's CLI generator for a config dataclass (`--<field> value`), plus --resume."""
+    from train.config import add_config_options
+
     parser = argparse.ArgumentParser(description=description)
-    for field in dataclasses.fields(config_cls):
-        flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata.get("help", "") + f" (default {field.default})"
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
-            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+    add_config_options(parser, config_cls)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out if present")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")

@@ -1,6 +1,6 @@
 """Train the world's SD1.5-family UNet on class-level prompts with the ordinary eps-prediction loss, resumably.
 
-    python -m bench.world.base.train_unet [--max-minutes M] [--resume]
+    python -m bench.world.base.train_unet [--max_minutes M] [--resume]
 
 Data: random train subjects (`split_subjects`) in random contexts, rendered with jitter, encoded on the fly by the
 trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215); prompts are
