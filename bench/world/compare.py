@@ -56,11 +56,12 @@ def scores(row: Row, cases: list[Case]) -> dict:
             for context, seeds in zip(case.prompts, images) for image in seeds]
     images, subjects, contexts = zip(*flat)
     candidates = [case.subject for case in cases]
+    alignments = [context_alignment(image, context) for image, context in zip(images, contexts)]
     return {"method": row.name,
             "identity_accuracy": identity_accuracy(images, subjects, candidates, contexts),
             "fidelity": float(np.mean([subject_fidelity(im, s, c)["fidelity"] for im, s, c in flat])),
-            "context_alignment": float(np.mean([context_alignment(im, c)["all"] for im, _, c in flat])),
-            "background_alignment": float(np.mean([context_alignment(im, c)["background"] for im, _, c in flat])),
+            "context_alignment": float(np.mean([a["all"] for a in alignments])),
+            "background_alignment": float(np.mean([a["background"] for a in alignments])),
             "diversity": float(np.mean([diversity(seeds) for images in row.images for seeds in images])),
             "seconds_per_subject": row.seconds}
 
