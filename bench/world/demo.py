@@ -58,8 +58,11 @@ def prepare_base_directory(base: Path) -> None:
     full = checkpoints / "world_sd15.safetensors"
     if not full.is_file() or full.stat().st_mtime < BASE_MODEL.stat().st_mtime:
         import_comfy()  # the CLIP-L is rebuilt with ComfyUI's own text model class
-        built = stock_loadable(BASE_MODEL, checkpoints)
-        built.replace(full)
+        built = stock_loadable(BASE_MODEL, checkpoints)  # the committed file itself when it carries CLIP-L
+        if built == BASE_MODEL:
+            shutil.copyfile(BASE_MODEL, full)  # never move the committed file
+        else:
+            built.replace(full)
     shutil.copyfile(HYPERNET, hypernets / "world.safetensors")
 
 
