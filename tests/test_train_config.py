@@ -40,6 +40,7 @@ def test_every_config_field_has_help_and_a_typed_command_line_option():
     ({"image_size": 40}, "image_size must be a multiple of 16"),
     ({"encoder": "clip_vision"}, "needs clip_vision = the path"),
     ({"grad_accum": 0}, "grad_accum must be > 0"),
+    ({"divergence_factor": 0.5}, r"divergence_factor must be 0 \(no check\) or > 1 .* got 0.5"),
 ])
 def test_bad_config_values_are_rejected_naming_the_field(values, message):
     with pytest.raises(ValueError, match=message):

@@ -141,8 +141,8 @@ def test_a_run_refuses_to_overwrite_an_earlier_run_or_to_resume_with_another_con
     trainer.train(cfg, base=base)
     with pytest.raises(ValueError, match="already holds a run.*--resume"):
         trainer.train(cfg, base=base)
-    with pytest.raises(ValueError, match=r"different config \(lr: run 0.003, now 0.1\)"):
-        trainer.train(config(max_steps=1, lr=0.1, resume=True), base=base)
+    with pytest.raises(ValueError, match=r"different config \(rank: run 4, now 8\)"):
+        trainer.train(config(max_steps=1, rank=8, resume=True), base=base)
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_the_config_and_keeps_the_last_good_checkpoint(config, base):

@@ -10,9 +10,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package (pip install tomli)
     import tomli as tomllib
 
-# Fields that may differ between a run and its resumption: they change what is reported, when and where, not the math.
+# Fields that may differ between a run and its resumption: what is reported, when and where, and when a run stops;
+# and lr, grad_clip and reg_lambda, the knobs to turn before resuming a run that the divergence guard stopped (they
+# change the math from the resumed step on). The divergence fields are absent from runs written before they existed.
 RESUMABLE_CHANGES = frozenset({"resume", "stop_at", "log_every", "ckpt_every", "sample_every", "num_workers",
-                               "out_dir"})
+                               "out_dir", "divergence_factor", "divergence_window", "lr", "grad_clip", "reg_lambda"})
 
 
 def param(default, help: str, group: str, choices: tuple | None = None):
@@ -83,6 +85,12 @@ class TrainConfig:
     resume: bool = param(False, "continue the run in out_dir from its resume.safetensors", "logging")
     stop_at: int = param(0, "end this invocation after this step, with a checkpoint; the schedule still runs to "
                             "max_steps, so a later --resume continues the same run (0: run to max_steps)", "logging")
+    divergence_factor: float = param(100.0, "stop the run, before that step's update and with no new checkpoint, "
+                                            "when the denoising loss or the weight L2 exceeds this many times its "
+                                            "median over the last divergence_window steps (0: stop only on a NaN or "
+                                            "infinite loss)", "logging")
+    divergence_window: int = param(50, "steps in that running median; the check starts once it holds this many, so "
+                                       "the start of training cannot trigger it", "logging")
 
     def __post_init__(self):
         for f in fields(self):
@@ -90,9 +98,9 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"config {f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
         positive = ("image_size", "rank", "d_model", "n_heads", "token_dim", "encoder_width", "max_steps",
-                    "batch_size", "grad_accum", "log_every", "ckpt_every")
+                    "batch_size", "grad_accum", "log_every", "ckpt_every", "divergence_window")
         non_negative = ("n_layers", "held_out", "num_workers", "reg_lambda", "weight_decay", "warmup_steps",
-                        "grad_clip", "sample_every", "stop_at")
+                        "grad_clip", "sample_every", "stop_at", "divergence_factor")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config {name} must be > 0, got {getattr(self, name)}")
@@ -105,6 +113,9 @@ class TrainConfig:
         if self.lr <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"config needs lr > 0 and 0 ≤ ema_decay < 1, got lr {self.lr}, "
                              f"ema_decay {self.ema_decay}")
+        if 0 < self.divergence_factor <= 1:
+            raise ValueError(f"config divergence_factor must be 0 (no check) or > 1 (a factor 1 would stop at every "
+                             f"loss above its median), got {self.divergence_factor}")
         if self.encoder_width % 8:
             raise ValueError(f"config encoder_width must be a multiple of 8 (GroupNorm groups), "
                              f"got {self.encoder_width}")

@@ -4,10 +4,12 @@ Objective (the paper's): the ordinary denoising loss of the base UNet adapted by
 from a *reference* image of the subject, on a *target* image of the same subject, plus reg_lambda × the L2 norm of
 the predicted weights. Row i of a batch carries subject i's LoRA (PerSampleLoRA), so a batch trains on many subjects.
 """
+import collections
 import contextlib
 import json
 import logging
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -36,10 +38,11 @@ HYPERNET_FILE = "hypernet.safetensors"
 RESUME_FILE = "resume.safetensors"
 LOG_FILE = "log.jsonl"
 MIN_LR_RATIO = 0.1  # the cosine schedule ends at lr / 10
+WATCHED = {"mse": "the denoising loss", "reg": "the weight L2 (regularizer)"}  # what DivergenceGuard compares
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; nothing of that step was saved."""
+    """The loss became NaN or infinite, or jumped far above its running median; nothing of that step was saved."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +98,8 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
     log_start(cfg, net, proc, len(dataset), global_batch, step)
     run_log = RunLog(out_dir / LOG_FILE, proc.is_main, keep_until=step)
     previews = held_out_references(held_out, cfg.image_size) if proc.is_main and cfg.sample_every else None
-    record = resumed[0]["summary"] if resumed else {"step": step}
+    record = dict(resumed[0]["summary"]) if resumed else {"step": step}
+    guard = DivergenceGuard(cfg.divergence_factor, cfg.divergence_window, record.pop("recent", {}))
     saved_step = step if resumed else None
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=not proc.is_main, dynamic_ncols=True)
     while step < end:
@@ -103,12 +107,9 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
         lr = set_learning_rate(optimizer, cfg, step)
         micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
         losses = accumulate_gradients(model, base, clip_vision, micro_batches, cfg, scaler)
-        if not math.isfinite(losses["loss"]):
-            kept = f"the checkpoint of step {saved_step} is kept" if saved_step else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss is {losses['loss']} (mse {losses['mse']}, reg {losses['reg']}) at step {step + 1} of the run "
-                f"configured by {source}; stopped before updating the weights, and in {out_dir} {kept}. Lower lr "
-                f"({cfg.lr}) or grad_clip ({cfg.grad_clip}), then continue with --resume")
+        diverged = guard.check(losses)
+        if diverged:
+            raise TrainingDiverged(divergence_message(diverged, step + 1, saved_step, out_dir, source, cfg))
         grad_norm = optimizer_step(net, optimizer, scaler, cfg.grad_clip)
         ema.update(net, step)
         step += 1
@@ -121,7 +122,8 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
             run_log.write(record)
         if step % cfg.ckpt_every == 0 or step == end:
             if proc.is_main:
-                save_checkpoints(out_dir, step, net, ema, optimizer, scaler, cfg, proc.world, record, len(skipped))
+                save_checkpoints(out_dir, step, net, ema, optimizer, scaler, cfg, proc.world, record, len(skipped),
+                                 guard.recent_values())
             saved_step = step
         if previews and step % cfg.sample_every == 0:
             save_grid(preview(base, ema.net, clip_vision, *previews, cfg.seed), out_dir, step)
@@ -277,13 +279,66 @@ def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: tor
     return float(norm)
 
 
+class DivergenceGuard:
+    """Stops a run before a bad step updates or saves anything: a NaN or infinite loss, or a denoising loss or weight
+    L2 above `factor` × its median over the last `window` steps (factor 0: NaN and infinity only).
+
+    A spike of either is how a run diverges before it turns NaN; the median ignores the ordinary noise of single
+    batches. The check starts once the window is full, so the start of training cannot trigger it, and the window is
+    stored in the resume checkpoint, so a resumed run checks exactly as an uninterrupted one.
+    """
+
+    def __init__(self, factor: float, window: int, recent: dict[str, list[float]]):
+        self.factor = factor
+        self.recent = {name: collections.deque(recent.get(name, ()), maxlen=window) for name in WATCHED}
+
+    def check(self, losses: dict) -> str | None:
+        """What diverged, as the start of the stop message; None (and the values join the window) when nothing did."""
+        if not math.isfinite(losses["loss"]):
+            return f"loss is {losses['loss']} (mse {losses['mse']}, reg {losses['reg']})"
+        for name, quantity in WATCHED.items():
+            median = self.median(name)
+            if self.factor and median > 0 and losses[name] > self.factor * median:
+                return (f"{quantity} jumped to {name} = {losses[name]:.6g}, {losses[name] / median:.0f} times its "
+                        f"median {median:.4g} over the last {len(self.recent[name])} steps (divergence_factor "
+                        f"{self.factor:g})")
+        for name in WATCHED:
+            self.recent[name].append(losses[name])
+        return None
+
+    def median(self, name: str) -> float:
+        """The running median of `name`, or 0 (no check) while its window is not yet full."""
+        values = self.recent[name]
+        return statistics.median(values) if len(values) == values.maxlen else 0.0
+
+    def recent_values(self) -> dict[str, list[float]]:
+        return {name: list(values) for name, values in self.recent.items()}
+
+
+def divergence_message(diverged: str, step: int, saved_step: int | None, out_dir: Path, source: str,
+                       cfg: TrainConfig) -> str:
+    """The stop message: what diverged at which step, which checkpoint is left, and what to change before resuming."""
+    if saved_step is None:
+        kept, then = "no checkpoint was written yet", "start the run again"
+    elif saved_step == step - 1:  # this step's losses were measured on the weights of that very checkpoint
+        kept, then = (f"the checkpoint of step {saved_step} is kept, though this value was measured on its weights",
+                      "continue with --resume (or start again if it diverges at once)")
+    else:
+        kept, then = f"the checkpoint of step {saved_step} is kept, the last good one", "continue with --resume"
+    return (f"{diverged} at step {step} of the run configured by {source}; stopped before updating the weights, "
+            f"with no checkpoint of this state, and in {out_dir} {kept}. Lower lr ({cfg.lr:g}) or grad_clip "
+            f"({cfg.grad_clip:g}), or raise reg_lambda ({cfg.reg_lambda:g}) if the weight L2 jumped, then {then}")
+
+
 def save_checkpoints(out_dir: Path, step: int, net: HyperNet, ema: EMA, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, cfg: TrainConfig, world: int, record: dict,
-                     skipped_images: int) -> None:
-    """The resume state, then the nodes' checkpoint with the EMA weights; each written atomically."""
+                     skipped_images: int, recent: dict[str, list[float]]) -> None:
+    """The resume state (with the divergence guard's window, `recent`), then the nodes' checkpoint with the EMA
+    weights; each written atomically."""
     summary = {"step": step, "loss": record["loss"], "mse": record["mse"], "reg": record["reg"],
                "skipped_images": skipped_images}
-    save_resume(str(out_dir / RESUME_FILE), step, net, ema.net, optimizer, scaler, cfg.to_dict(), world, summary)
+    save_resume(str(out_dir / RESUME_FILE), step, net, ema.net, optimizer, scaler, cfg.to_dict(), world,
+                {**summary, "recent": recent})
     hypernet.save(str(out_dir / HYPERNET_FILE), ema.net, training={"config": cfg.to_dict(), **summary})
 
 
