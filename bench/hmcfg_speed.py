@@ -23,7 +23,7 @@ import comfy.sd  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes  # noqa: E402
 
-from node_harness import conditioning, load_pack, one_step_denoised, predicted_lora, run  # noqa: E402
+from node_harness import conditioning, load_pack, model_folder, one_step_denoised, predicted_lora, run  # noqa: E402
 from tiny_files import tiny_checkpoints  # noqa: E402
 
 from bench.measure import median_seconds, rss_mb  # noqa: E402
@@ -42,15 +42,15 @@ def main() -> None:
     from bench.tiny_checkpoints import write_tiny_hypernet
 
     folder_paths.add_model_folder_path("hypersubject", str(work))
-    folder_paths.add_model_folder_path("loras", str(work))
     write_tiny_hypernet(work / "tiny.safetensors")
     base, clip, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoints()["sd15_tiny_clip.safetensors"]))[:3]
     positive, negative = conditioning(clip, "a toy on a blue background"), conditioning(clip, "")
     rss_base = rss_mb()
     lora = predicted_lora(pack)
     (fast_model,) = run(pack["HyperSubjectApplyLoRA"], model=base, subject_lora=lora, strength=1.0)
-    (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=lora, name="bench", subfolder="")
-    (general_model,) = nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 1.0)
+    with model_folder("loras", work):  # the saved LoRA stays in this run's own folder, not in ComfyUI's models/loras/
+        (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=lora, name="bench", subfolder="")
+        (general_model,) = nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, 1.0)
     shape = (args.batch, 4, args.size // 8, args.size // 8)
 
     plain = comfy.samplers.CFGGuider(base)

@@ -2,9 +2,11 @@
 
 Loading validates everything before building anything and never unpickles: a file is read only through safetensors.
 """
+import io
 import json
 import logging
 import os
+import pickletools
 
 import safetensors
 import safetensors.torch
@@ -20,6 +22,9 @@ FORMAT_VERSION = 1
 METADATA_KEY = "hypersubject"
 _PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")  # a pickle starts with PROTO (0x80) + version
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default zip container
+_PICKLE_PROBE_BYTES = 1 << 20  # protocol 0/1 pickles have no header: read this much looking for a complete one
+_WHAT_TO_USE = ("use a HyperSubject .safetensors checkpoint (the trainer writes hypernet.safetensors into its output "
+                "folder) and put it in models/hypersubject/")
 
 
 class CheckpointError(ValueError):
@@ -94,17 +99,31 @@ def _check_header(path: str) -> None:
     header_len = int.from_bytes(head[:8], "little")
     if size >= 10 and head[8:9] == b"{" and 8 + header_len <= size:
         return  # plausible safetensors: 8-byte little-endian header length, then a JSON header
+    pickled = (f"{path} is a pickle (a PyTorch .pt/.ckpt or another Python pickle, perhaps renamed) but a safetensors "
+               f"file is expected, and HyperSubject never unpickles files: {_WHAT_TO_USE}")
     if head.startswith(_ZIP_MAGIC) or (head[:1] == b"\x80" and head[1:2] in _PICKLE_PROTOCOLS):
-        raise CheckpointError(f"{path} is a PyTorch pickle (.pt/.ckpt, perhaps renamed), not a safetensors file; "
-                              f"HyperSubject never unpickles files: use a .safetensors hypernet checkpoint")
+        raise CheckpointError(pickled)
     if size < 10:
         raise CheckpointError(f"{path} is {size} bytes: expected a safetensors file (8-byte header length, then JSON); "
                               f"the file is empty or truncated, download or save it again")
     if head[8:9] == b"{":
         raise CheckpointError(f"{path} is truncated: its header claims {header_len} bytes but the file has {size}; "
                               f"download or save it again")
-    raise CheckpointError(f"{path} is not a safetensors file (no JSON header after the 8-byte length); "
-                          f"expected a HyperSubject .safetensors checkpoint")
+    if _is_pickle(path):  # protocols 0 and 1 start with no magic bytes
+        raise CheckpointError(pickled)
+    raise CheckpointError(f"{path} is not a safetensors file: expected an 8-byte header length and then JSON, found "
+                          f"{head!r} at its start; {_WHAT_TO_USE}")
+
+
+def _is_pickle(path: str) -> bool:
+    """Whether the file starts with a complete pickle of any protocol. pickletools only parses the opcodes: nothing
+    is imported or built."""
+    with open(path, "rb") as f:
+        probe = io.BytesIO(f.read(_PICKLE_PROBE_BYTES))
+    try:
+        return any(opcode.name == "STOP" for opcode, _, _ in pickletools.genops(probe))
+    except ValueError:  # an unknown opcode, a bad argument or no STOP: not a pickle
+        return False
 
 
 def _read_document(path: str, metadata: dict) -> dict:

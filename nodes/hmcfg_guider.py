@@ -5,9 +5,12 @@ positive cond with its own uuid marks the personalized rows, and [cond, uncond, 
 batched UNet call with a per-sample LoRA on the marked rows (comfyui-runtime.md §2.2, option iv).
 General path, for any other personalized MODEL: a second evaluation, switching the loaded weights with
 `load_models_gpu` each time, since two clones of one module cannot both be patched at once (§2.2, option i).
+Base path, when the personalized MODEL is the base itself or Apply Predicted LoRA applied nothing (no usable subject
+image, or strength 0): p = c, so HM-CFG is plain CFG on the base, evaluated exactly as the stock KSampler does.
 The recombination itself is the pure function `hypernet.fold_hm_cfg`; ComfyUI's own `sampling_function` still
 runs, so pre/post-CFG hooks, sampler_cfg_function patches (RescaleCFG) and CFG++ samplers keep working.
 """
+import logging
 import uuid
 
 import comfy.model_management
@@ -16,17 +19,31 @@ import comfy.samplers
 import torch
 
 from ..hypernet import PerSampleLoRA, fold_hm_cfg
-from .predicted_lora import FAST_PATH_KEY
+from .predicted_lora import FAST_PATH_KEY, FastPathMark
+
+log = logging.getLogger(__name__)
 
 PERSONALIZED = uuid.UUID("5d0f9a52-6a43-4a8e-9a55-0b4bd3b4c6a1")  # namespace of the personalized cond copies
+PATHS = {"fast": "fast path: the predicted LoRA on the personalized rows of one batched UNet call per step",
+         "general": "general path: a second evaluation of the personalized MODEL per step, switching weights",
+         "base": "base path: the personalized MODEL is the base with nothing applied, so plain CFG on the base"}
 
 
-def fast_path_mark(base, personalized):
-    """The Apply Predicted LoRA mark if `personalized` is exactly `base` + a predicted LoRA, else None."""
+def fast_path_mark(base, personalized) -> FastPathMark | None:
+    """The Apply Predicted LoRA mark if `personalized` is exactly `base` + what Apply applied (perhaps nothing)."""
     mark = personalized.get_attachment(FAST_PATH_KEY)
     exact = (mark is not None and personalized.is_clone(base) and mark.base_uuid == base.patches_uuid
              and mark.own_uuid == personalized.patches_uuid)
     return mark if exact else None
+
+
+def guidance_path(base, personalized) -> tuple[str, FastPathMark | None]:
+    """('base', …) if `personalized` is `base` with nothing applied, ('fast', mark) if it is `base` + a predicted
+    LoRA, else ('general', None)."""
+    mark = fast_path_mark(base, personalized)
+    if personalized is base or (mark is not None and mark.lora is None):
+        return "base", mark
+    return ("fast", mark) if mark is not None else ("general", None)
 
 
 class HMCFGGuider(comfy.samplers.CFGGuider):
@@ -34,16 +51,17 @@ class HMCFGGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, base, personalized, s_text: float, s_subject: float, start_percent: float = 0.0,
                  end_percent: float = 1.0):
-        mark = fast_path_mark(base, personalized)
+        self.path, mark = guidance_path(base, personalized)
         model = base.clone()
-        if mark is not None:
+        self.per_sample = None
+        if self.path == "fast":
             self.per_sample = PerSampleLoRA(model.model.diffusion_model, mark.lora, mark.strength)
             self.marked_uuids = set()
             model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "hypersubject_hmcfg",
                                        self._apply_model_with_rows)
-        else:
-            # Not an additional model: loading both clones of one UNet together leaves either patch set live.
-            self.per_sample = None
+        # On the general path `personalized` is not an additional model: loading both clones of one UNet together
+        # leaves either patch set live, so it is loaded in turn with the base (_personalized_prediction).
+        log.info("HM-CFG: %s", PATHS[self.path])
         super().__init__(model)
         self.personalized = personalized
         self.s_text, self.s_subject = s_text, s_subject
@@ -58,7 +76,7 @@ class HMCFGGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         sigma = float(timestep.max())
-        if self.s_subject == 0 or not self.sigma_end <= sigma <= self.sigma_start:
+        if self.s_subject == 0 or self.path == "base" or not self.sigma_end <= sigma <= self.sigma_start:
             return super().predict_noise(x, timestep, model_options, seed)
         options = {**model_options, "sampler_calc_cond_batch_function": self._evaluate}
         return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),

@@ -1,15 +1,16 @@
 """Where Save Predicted LoRA may write: safe names inside models/loras/, never over an existing file."""
 import re
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 MAX_PART = 100
 WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 ALLOWED = re.compile(r"^[\w\- .()+]+$")  # \w is Unicode-aware: letters and digits of any script
 
 
-def check_part(part: str, what: str) -> str:
-    """One path component: letters, digits, ' -_.()+', no leading dot, not a Windows device name, ≤ 100 chars."""
+def check_part(part: str, what: str, whole: str | None = None) -> str:
+    """One path component (of `whole`): letters, digits, ' -_.()+', no leading dot, not a Windows device name,
+    ≤ 100 chars."""
     part = unicodedata.normalize("NFC", part).strip()
     problem = None
     if not part or part in (".", ".."):
@@ -23,7 +24,8 @@ def check_part(part: str, what: str) -> str:
     elif len(part) > MAX_PART:
         problem = f"it is {len(part)} characters long (at most {MAX_PART})"
     if problem:
-        raise ValueError(f"the {what} {part!r} cannot be used because {problem}: choose a plain name such as "
+        named = f"{what} {part!r}" if whole in (None, part) else f"{what} {whole!r} (its part {part!r})"
+        raise ValueError(f"the {named} cannot be used because {problem}: choose a plain name such as "
                          f"'my_subject'; files are always written inside models/loras/")
     return part
 
@@ -34,7 +36,11 @@ def lora_destination(loras_dir: str, name: str, subfolder: str = "") -> Path:
     if name.lower().endswith(".safetensors"):
         name = name[: -len(".safetensors")]
     stem = check_part(name, "LoRA name")
-    parts = [check_part(p, "subfolder") for p in re.split(r"[\\/]", subfolder)] if subfolder.strip() else []
+    if subfolder.strip().startswith(("/", "\\")) or PureWindowsPath(subfolder.strip()).drive:
+        raise ValueError(f"the subfolder {subfolder!r} is an absolute path, but a folder inside models/loras/ is "
+                         f"expected: give it relative to models/loras/, such as 'hypersubject' or 'people/alice' "
+                         f"('' for models/loras/ itself)")
+    parts = [check_part(p, "subfolder", subfolder) for p in re.split(r"[\\/]", subfolder)] if subfolder.strip() else []
     folder = Path(loras_dir).resolve().joinpath(*parts)
     if Path(loras_dir).resolve() not in (folder, *folder.parents):
         raise ValueError(f"the subfolder {subfolder!r} points outside models/loras/; use a plain folder name")

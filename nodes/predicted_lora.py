@@ -21,20 +21,22 @@ FAST_PATH_KEY = "hypersubject_predicted_lora"
 
 @dataclass(frozen=True)
 class FastPathMark:
-    """Left on a MODEL by Apply Predicted LoRA: the model is the one with `base_uuid`'s patches + this LoRA, as long
-    as its own patches are still `own_uuid` (ComfyUI re-rolls a patches_uuid on every change)."""
+    """Left on a MODEL by Apply Predicted LoRA: the model is the one with `base_uuid`'s patches + this LoRA (None:
+    nothing applied, the model is that base), as long as its own patches are still `own_uuid` (ComfyUI re-rolls a
+    patches_uuid on every change)."""
 
-    lora: PredictedLoRA
+    lora: PredictedLoRA | None
     strength: float
     base_uuid: uuid.UUID
     own_uuid: uuid.UUID
 
 
-def check_family(model, lora: PredictedLoRA) -> None:
+def check_family(model, lora: PredictedLoRA, net_name: str) -> None:
     found = family_of(model.model.diffusion_model)
     if found != lora.family:
-        raise ValueError(f"the LoRA was predicted for {lora.family} models but the MODEL is {found}: load a "
-                         f"{lora.family} checkpoint, or a HyperSubject hypernet trained for {found}")
+        raise ValueError(f"the LoRA was predicted by the hypernet '{net_name}', which was trained for {lora.family} "
+                         f"models, but the MODEL is {found}: load a {lora.family} checkpoint, or pick a HyperSubject "
+                         f"hypernet trained for {found} in Load Subject Hypernet")
 
 
 def comfy_patches(lora: PredictedLoRA) -> dict:
@@ -61,16 +63,17 @@ class ApplyPredictedLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, subject_lora: Lora, strength: float) -> io.NodeOutput:
         personalized = model.clone()
-        if subject_lora.lora is None or strength == 0:
-            return io.NodeOutput(personalized)
-        lora = subject_lora.lora
-        check_family(model, lora)
-        patches = comfy_patches(lora)
-        matched = set(personalized.add_patches(patches, strength))
-        if matched != set(patches):
-            missing = sorted(set(patches) - matched)
-            raise ValueError(f"the MODEL has no weights {missing[:3]}… ({len(missing)} of {len(patches)} LoRA targets "
-                             f"missing): the hypernet was trained for another {lora.family} architecture")
+        lora = subject_lora.lora if strength != 0 else None  # None: no usable subject image, or strength 0
+        if lora is not None:
+            check_family(model, lora, subject_lora.net_name)
+            patches = comfy_patches(lora)
+            matched = set(personalized.add_patches(patches, strength))
+            if matched != set(patches):
+                missing = sorted(set(patches) - matched)
+                raise ValueError(f"the MODEL has no weights {missing[:3]}… ({len(missing)} of {len(patches)} LoRA "
+                                 f"targets missing): the hypernet '{subject_lora.net_name}' was trained for another "
+                                 f"{lora.family} architecture; load the checkpoint it was trained for")
+        # marked even when nothing was applied, so that HM-CFG knows the result is exactly the base
         personalized.set_attachments(FAST_PATH_KEY, FastPathMark(lora, strength, model.patches_uuid,
                                                                  personalized.patches_uuid))
         return io.NodeOutput(personalized)

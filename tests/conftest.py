@@ -1,9 +1,33 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
-from comfy_runtime import import_comfy
+from comfy_runtime import comfyui_root, import_comfy
 
+
+def files_under(folder: Path) -> set[str]:
+    """Every file and folder below `folder`, as relative paths (symlinked folders are not entered)."""
+    found = set()
+    for parent, dirs, files in os.walk(folder):
+        found.update(os.path.relpath(os.path.join(parent, name), folder) for name in (*dirs, *files))
+    return found
+
+
+COMFY_MODELS = comfyui_root() / "models"  # with HYPERSUBJECT_COMFYUI, the user's own models folder
+COMFY_MODELS_BEFORE = files_under(COMFY_MODELS)  # taken before ComfyUI is even imported
 COMFY_ROOT = import_comfy()  # before collection, so test modules may import comfy at the top
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _comfyui_models_folder_is_left_as_found():
+    """Tests and the benchmarks they call write only into temporary folders, never into ComfyUI's models/."""
+    yield
+    after = files_under(COMFY_MODELS)
+    added, removed = sorted(after - COMFY_MODELS_BEFORE), sorted(COMFY_MODELS_BEFORE - after)
+    assert not added and not removed, (f"the test session changed {COMFY_MODELS}: added {added[:10]}, removed "
+                                       f"{removed[:10]}; write into a temporary folder (node_harness.model_folder)")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Helpers for calling this pack's nodes in-process, as ComfyUI's executor would."""
 import asyncio
+import contextlib
 from pathlib import Path
 
 import torch
@@ -18,6 +19,19 @@ def load_pack(custom_nodes: Path) -> dict:
     link.symlink_to(REPO, target_is_directory=True)
     assert asyncio.run(nodes.load_custom_node(str(link))), "ComfyUI could not load the pack"
     return {node_id: nodes.NODE_CLASS_MAPPINGS[node_id] for node_id in NODE_IDS}
+
+
+@contextlib.contextmanager
+def model_folder(kind: str, folder: Path):
+    """`folder` as the only models/<kind>/ folder while inside: what nodes save lands there, not in ComfyUI's own."""
+    import folder_paths
+
+    original = folder_paths.folder_names_and_paths[kind]
+    folder_paths.folder_names_and_paths[kind] = ([str(folder)], original[1])
+    try:
+        yield Path(folder)
+    finally:
+        folder_paths.folder_names_and_paths[kind] = original
 
 
 def run(node_class, **inputs) -> tuple:

@@ -1,6 +1,7 @@
 """The checkpoint format: exact round trip, and a helpful CheckpointError for every kind of wrong file."""
 import json
 import pathlib
+import pickle
 
 import pytest
 import torch
@@ -80,13 +81,18 @@ class Trap:
         return pathlib.Path.touch, (self.marker,)
 
 
+PICKLE_REFUSED = (r"is a pickle \(a PyTorch .pt/.ckpt or another Python pickle, perhaps renamed\) but a safetensors "
+                  r"file is expected, and HyperSubject never unpickles files: use a HyperSubject .safetensors "
+                  r"checkpoint \(the trainer writes hypernet.safetensors")
+
+
 @pytest.mark.parametrize("zip_container", [True, False], ids=["zip", "legacy"])
 def test_a_renamed_pickle_is_refused_without_being_unpickled(tmp_path, zip_container):
     marker = tmp_path / "unpickled.marker"
     path = tmp_path / "hypernet.safetensors"
     torch.save({"weights": torch.zeros(3), "trap": Trap(marker)}, path,
                _use_new_zipfile_serialization=zip_container)
-    with pytest.raises(CheckpointError, match="PyTorch pickle.*never unpickles"):
+    with pytest.raises(CheckpointError, match=PICKLE_REFUSED):
         load(path)
     assert not marker.exists()
     armed = tmp_path / "hypernet.pt"  # torch.load routes a .safetensors name to safetensors: unpickle a copy
@@ -95,10 +101,24 @@ def test_a_renamed_pickle_is_refused_without_being_unpickled(tmp_path, zip_conta
     assert marker.exists()
 
 
-def test_a_file_that_is_not_safetensors_at_all_is_refused(tmp_path):
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_a_renamed_protocol_0_or_1_pickle_has_no_magic_bytes_yet_is_refused_as_a_pickle(tmp_path, protocol):
+    marker = tmp_path / "unpickled.marker"
+    path = tmp_path / "hypernet.safetensors"
+    path.write_bytes(pickle.dumps({"weights": [0.0] * 3, "trap": Trap(marker)}, protocol=protocol))
+    with pytest.raises(CheckpointError, match=PICKLE_REFUSED):
+        load(path)
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # the trap is armed
+    assert marker.exists()
+
+
+def test_a_file_that_is_not_safetensors_at_all_is_refused_saying_what_was_found_and_what_to_use(tmp_path):
     path = tmp_path / "notes.safetensors"
     path.write_text("these are not the weights you are looking for")
-    with pytest.raises(CheckpointError, match="not a safetensors file"):
+    with pytest.raises(CheckpointError, match=r"is not a safetensors file: expected an 8-byte header length and then "
+                                              r"JSON, found b'these are' at its start; use a HyperSubject "
+                                              r".safetensors checkpoint .* models/hypersubject/"):
         load(path)
 
 

@@ -1,10 +1,14 @@
-"""HM-CFG against its formula, stock-KSampler equivalence, both paths, and compatibility with samplers and patches."""
+"""HM-CFG against its formula, stock-KSampler equality, its three paths, and compatibility with samplers and patches."""
+import logging
+from collections import Counter
+
+import comfy.model_management
 import comfy.samplers
 import nodes
 import pytest
 import torch
 
-from node_harness import conditioning, one_step_denoised, predicted_lora, run
+from node_harness import conditioning, model_folder, one_step_denoised, predicted_lora, run
 
 S_TEXT, S_SUBJECT = 4.0, 2.5
 
@@ -57,11 +61,10 @@ def test_the_fast_path_equals_the_formula_from_three_separate_evaluations(setup,
 
 @pytest.mark.parametrize("repeat", range(4))  # which clone's weights are live once depended on set order
 def test_the_general_path_equals_the_formula_for_a_stock_loraloader_model(setup, pack, tmp_path, repeat):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("loras", str(tmp_path))
-    (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="general", subfolder="")
-    (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, 1.0)
+    with model_folder("loras", tmp_path):
+        (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="general", subfolder="")
+        (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, 1.0)
+    assert (tmp_path / name).is_file()
     base_before = single_model_prediction(setup["base"], setup["positive"], 1.0)
     expected, subject_effect = formula_reference(setup, stock_personalized, 1.0)
     got = hmcfg_prediction(setup, stock_personalized, 1.0, fast=False)
@@ -90,10 +93,10 @@ def ksampler_inputs(setup, **overrides):
     return inputs
 
 
-def hmcfg_ksampler(pack, setup, base=None, s_subject=S_SUBJECT, **overrides):
-    (latent,) = run(pack["HMCFGKSampler"], base_model=base or setup["base"], personalized_model=setup["personalized"],
-                    s_text=S_TEXT, s_subject=s_subject, start_percent=0.0, end_percent=1.0,
-                    **ksampler_inputs(setup, **overrides))
+def hmcfg_ksampler(pack, setup, base=None, s_subject=S_SUBJECT, personalized=None, **overrides):
+    (latent,) = run(pack["HMCFGKSampler"], base_model=base or setup["base"],
+                    personalized_model=personalized or setup["personalized"], s_text=S_TEXT, s_subject=s_subject,
+                    start_percent=0.0, end_percent=1.0, **ksampler_inputs(setup, **overrides))
     return latent["samples"]
 
 
@@ -106,6 +109,56 @@ def stock_ksampler(model, setup, **overrides):
 
 def test_s_subject_zero_is_bit_identical_to_the_stock_ksampler(pack, setup):
     assert torch.equal(hmcfg_ksampler(pack, setup, s_subject=0.0), stock_ksampler(setup["base"], setup))
+
+
+def personalized_with_nothing_applied(pack, setup, why):
+    """Apply Predicted LoRA's output when Encode Subject skipped every image (one flat colour), or at strength 0."""
+    if why == "strength 0":
+        return run(pack["HyperSubjectApplyLoRA"], model=setup["base"], subject_lora=setup["lora"], strength=0.0)[0]
+    (net,) = run(pack["HyperSubjectLoader"], hypernet_name="tiny.safetensors")
+    embeds, _ = run(pack["HyperSubjectEncode"], hypernet=net, image=torch.full((1, 64, 64, 3), 0.5), combine="mean",
+                    on_bad_input="skip")
+    (lora,) = run(pack["HyperSubjectPredictLoRA"], hypernet=net, subject=embeds)
+    assert lora.lora is None, "the flat image should have been skipped"
+    return run(pack["HyperSubjectApplyLoRA"], model=setup["base"], subject_lora=lora, strength=1.0)[0]
+
+
+def counting_calls(monkeypatch) -> Counter:
+    """Count (and still make) the calls that load models and that evaluate a batch of conds."""
+    calls = Counter()
+    for module, name in ((comfy.model_management, "load_models_gpu"), (comfy.samplers, "calc_cond_batch")):
+        def counting(*args, _original=getattr(module, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("why", ["every image skipped", "strength 0"])
+def test_an_empty_lora_gives_exactly_the_stock_ksampler_with_no_extra_evaluations_or_model_switches(
+        pack, setup, why, monkeypatch, caplog):
+    personalized = personalized_with_nothing_applied(pack, setup, why)
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO):
+        hmcfg_calls = counting_calls(patch)
+        hmcfg = hmcfg_ksampler(pack, setup, personalized=personalized)
+    with monkeypatch.context() as patch:
+        stock_calls = counting_calls(patch)
+        stock = stock_ksampler(setup["base"], setup)
+    assert torch.equal(hmcfg, stock)
+    assert hmcfg_calls == stock_calls and stock_calls["calc_cond_batch"] == 4  # one per step, no switches
+    assert "HM-CFG: base path" in caplog.text
+
+
+def test_the_base_model_as_its_own_personalized_model_takes_the_base_path(pack, setup):
+    (guider,) = run(pack["HMCFGGuider"], base_model=setup["base"], personalized_model=setup["base"],
+                    positive=setup["positive"], negative=setup["negative"], s_text=S_TEXT, s_subject=S_SUBJECT,
+                    start_percent=0.0, end_percent=1.0)
+    plain = comfy.samplers.CFGGuider(setup["base"])
+    plain.set_conds(setup["positive"], setup["negative"])
+    plain.set_cfg(S_TEXT)
+    assert guider.path == "base" and not guider.fast
+    assert torch.equal(one_step_denoised(guider, 1.0), one_step_denoised(plain, 1.0))
 
 
 def test_s_subject_zero_is_bit_identical_with_rescale_cfg_stacked_on_the_base(pack, setup):

@@ -6,7 +6,7 @@ import pytest
 import safetensors
 import torch
 
-from node_harness import predicted_lora, run
+from node_harness import model_folder, predicted_lora, run
 from test_nodes_hmcfg import single_model_prediction
 
 
@@ -17,12 +17,8 @@ def lora(pack, hypernet_files):
 
 @pytest.fixture()
 def loras_dir(tmp_path):
-    import folder_paths
-
-    original = folder_paths.folder_names_and_paths["loras"]
-    folder_paths.folder_names_and_paths["loras"] = ([str(tmp_path)], original[1])
-    yield tmp_path
-    folder_paths.folder_names_and_paths["loras"] = original
+    with model_folder("loras", tmp_path) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +46,11 @@ def test_strength_zero_gives_exactly_the_base_output(pack, sd15, lora, cond):
     assert torch.equal(single_model_prediction(personalized, cond, 1.0), single_model_prediction(sd15[0], cond, 1.0))
 
 
-def test_a_lora_for_another_family_is_refused_with_the_fix(pack, sd15, lora):
+def test_a_lora_for_another_family_is_refused_naming_the_hypernet_file_and_the_fix(pack, sd15, lora):
     sdxl_lora = dataclasses.replace(lora, lora=dataclasses.replace(lora.lora, family="sdxl"))
-    with pytest.raises(ValueError, match=r"predicted for sdxl models but the MODEL is sd15"):
+    with pytest.raises(ValueError, match=r"hypernet 'tiny.safetensors', which was trained for sdxl models, but the "
+                                         r"MODEL is sd15: load a sdxl checkpoint, or pick a HyperSubject hypernet "
+                                         r"trained for sd15"):
         apply(pack, sd15[0], sdxl_lora, 1.0)
 
 
@@ -86,10 +84,25 @@ def test_saving_never_overwrites_but_numbers_the_name(pack, lora, loras_dir):
                                              ("ok", "../outside"), ("ok", "/etc"), ("a\x00b", ""), ("", ""),
                                              (".hidden", "")])
 def test_names_that_could_escape_or_break_the_folder_are_refused(pack, lora, loras_dir, name, subfolder):
-    with pytest.raises(ValueError, match=r"cannot be used|outside models/loras"):
+    with pytest.raises(ValueError, match=r"cannot be used|outside models/loras|is an absolute path"):
         run(pack["HyperSubjectSaveLoRA"], subject_lora=lora, name=name, subfolder=subfolder)
     assert not any(loras_dir.rglob("*.safetensors"))
     assert not (loras_dir.parent / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("subfolder", ["/abs", "\\abs", "C:\\loras", "//server/share"])
+def test_an_absolute_subfolder_is_refused_as_absolute_with_the_fix(pack, lora, loras_dir, subfolder):
+    with pytest.raises(ValueError) as refused:
+        run(pack["HyperSubjectSaveLoRA"], subject_lora=lora, name="ok", subfolder=subfolder)
+    assert str(refused.value).startswith(f"the subfolder {subfolder!r} is an absolute path, but a folder inside "
+                                         f"models/loras/ is expected: give it relative to models/loras/")
+    assert not any(loras_dir.rglob("*.safetensors"))
+
+
+def test_a_bad_part_of_a_subfolder_is_named_with_the_whole_subfolder(pack, lora, loras_dir):
+    with pytest.raises(ValueError, match=r"the subfolder 'people//alice' \(its part ''\) cannot be used because it "
+                                         r"is empty"):
+        run(pack["HyperSubjectSaveLoRA"], subject_lora=lora, name="ok", subfolder="people//alice")
 
 
 def test_unicode_names_are_kept(pack, lora, loras_dir):

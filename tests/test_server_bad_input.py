@@ -90,7 +90,8 @@ def test_a_wrong_family_lora_is_refused_by_apply(served, tmp_path):
     other.load_state_dict(net.state_dict())
     save(str(served.base / "models" / "hypersubject" / "sdxl_like.safetensors"), other)
     message = failure(served, one_image_graph(hypernet="sdxl_like.safetensors"))
-    assert "predicted for sdxl models but the MODEL is sd15" in message
+    assert "hypernet 'sdxl_like.safetensors', which was trained for sdxl models, but the MODEL is sd15" in message
+    assert "pick a HyperSubject hypernet trained for sd15" in message
     still_serving(served)
 
 
