@@ -2,8 +2,11 @@
 import torch
 
 from bench.tiny_checkpoints import SD15_TINY_UNET
+from hypernet import find_targets
 from bench.world.base.build import read_checkpoint, unet_keys, vae_keys, write_checkpoint
-from bench.world.base.train_unet import new_world_model, train_step
+from bench.world.base.train_unet import caption_texts, described_contexts, new_world_model, train_step
+from bench.world.contexts import all_contexts, parse_prompt
+from bench.world.subjects import split_subjects
 
 
 def _untrained_world_checkpoint(path):
@@ -25,6 +28,23 @@ def test_a_world_checkpoint_without_clip_is_detected_as_sd15_by_the_stock_loader
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(path))[:3]
     assert type(model.model.model_config).__name__ == "SD15"
     assert clip is None and vae is not None
+    blocks = {t.name.split(".transformer_blocks")[0] for t in find_targets(model.model.diffusion_model)}
+    assert blocks == {f"diffusion_model.{b}" for b in ("input_blocks.1.1", "middle_block.1", "output_blocks.0.1",
+                                                       "output_blocks.1.1")}
+    assert len(find_targets(model.model.diffusion_model)) == 4 * 8  # q, k, v, out of self- and cross-attention
+
+
+def test_the_base_model_trains_on_descriptions_of_training_subjects_only_then_class_level_and_empty_prompts():
+    train, held_out = split_subjects()
+    described = described_contexts(train, per_subject=5, seed=0)
+    assert len(described) == 5 * len(train) and {s for s, _ in described} == set(train)
+    assert all(len({c for s, c in described if s == subject}) == 5 for subject in train)
+    texts = caption_texts(described)
+    classes = texts[:len(all_contexts())]
+    assert classes == [f"a toy on {t.split(' on ', 1)[1]}" for t in classes] and texts[len(classes)] == ""
+    for (subject, context), text in zip(described, texts[len(classes) + 1:]):
+        assert text.startswith(f"a {subject.body} and {subject.second} toy on ") and parse_prompt(text) == context
+    assert not any(f"a {s.body} and {s.second} toy" in t for s in held_out for t in texts)
 
 
 def test_the_training_step_lowers_the_loss_on_a_fixed_batch():

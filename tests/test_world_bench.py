@@ -13,25 +13,39 @@ from bench.world.identity_gap import identity_gap, pair_batch
 from train.base_model import FrozenBase
 
 
-def test_the_comparison_bench_at_toy_size_gives_every_row_every_column_and_a_grid(pack, tmp_path):
+def test_the_comparison_bench_at_toy_size_gives_every_row_every_column_the_bars_and_a_grid(pack, tmp_path):
     args = compare.parse_args(["--ckpt", str(demo.BASE_MODEL), "--hypernet", str(demo.HYPERNET),
                                "--hypernet-lambda0", str(demo.HYPERNET), "--subjects", "2", "--prompts", "1",
                                "--seeds", "2", "--hm-cfg", "4", "--finetune-steps", "1", "3", "--out", str(tmp_path)])
     results = compare.run(pack, args)
 
     assert [r["method"] for r in results] == [
-        "base model (no subject)", "hypernet, plain CFG", "hypernet, HM-CFG s_text 5 s_subject 4",
-        "hypernet λ = 0, plain CFG", "fine-tuned LoRA, 1 steps", "fine-tuned LoRA, 3 steps"]
+        "exact renders", "renders through the world VAE", "base model, identity in words (text oracle)",
+        "base model, class word only", "fine-tuned LoRA, 1 steps", "fine-tuned LoRA, 3 steps",
+        "fine-tuned LoRA, 3 steps, HM-CFG s_subject 4", "hypernet, plain CFG", "hypernet, HM-CFG s_subject 4",
+        "hypernet λ = 0, plain CFG"]
+    columns = ("identity_accuracy", "identity_body", "identity_second", "fidelity", "context_alignment",
+               "context_background", "context_position", "context_size", "context_lighting")
     for r in results:
-        for column in ("identity_accuracy", "fidelity", "context_alignment", "background_alignment"):
+        for column in columns:
             assert 0.0 <= r[column] <= 1.0, (r["method"], column, r[column])
+    exact = results[0]
+    assert all(exact[column] == 1.0 for column in columns if column != "fidelity") and exact["fidelity"] > 0.98
+    assert exact["diversity"] == 0.0  # one exact rendering per prompt, whatever the seed
+    for r in results[2:]:
         assert r["diversity"] > 0, f"{r['method']}: two seeds gave the same image"
     seconds = {r["method"]: r["seconds_per_subject"] for r in results}
-    assert seconds["base model (no subject)"] == 0 < seconds["hypernet, plain CFG"]
+    assert seconds["base model, class word only"] == 0 < seconds["hypernet, plain CFG"]
     assert seconds["fine-tuned LoRA, 1 steps"] < seconds["fine-tuned LoRA, 3 steps"]
-    assert json.loads((tmp_path / "results.json").read_text())["rows"] == results
-    assert len((tmp_path / "table.md").read_text().splitlines()) == 2 + len(results) + 2
-    assert Image.open(tmp_path / "grid.png").size == (5 * 64, 2 * 64)  # reference | 3 rows | truth, per subject
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["rows"] == results and written["setup"]["vae_psnr"] > 15
+    bars = written["bars"]  # without a 200-step fine-tune: the render, oracle, class-word and two HM-CFG lines
+    assert len(bars) == 6 and bars[0].startswith("PASS exact renders: identity 100 %")
+    assert bars[1].startswith("PASS" if results[1]["identity_accuracy"] >= 0.95 else "MISS")
+    assert all(line.split()[0] in ("PASS", "MISS", "-") for line in bars)
+    table = (tmp_path / "table.md").read_text()
+    assert all(f"| {r['method']} |" in table for r in results)
+    assert Image.open(tmp_path / "grid.png").size == (7 * 64, 2 * 64)  # reference | 5 rows | truth, per subject
 
 
 @pytest.mark.slow

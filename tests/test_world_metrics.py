@@ -10,7 +10,7 @@ from bench.world.metrics import (context_alignment, diversity, identity_accuracy
 from bench.world.render import render, render_mask
 from bench.world.subjects import all_subjects, neighbours, subject_by_id, with_attributes
 
-SUBJECT = subject_by_id(777)
+SUBJECT = subject_by_id(27)
 CONTEXT = Context("green", "right", "small", "dim")
 
 
@@ -63,7 +63,7 @@ def test_an_exact_rendering_has_fidelity_near_one_and_distance_zero():
     assert subject_distance(render(SUBJECT, CONTEXT), SUBJECT, CONTEXT) == 0.0
 
 
-@pytest.mark.parametrize("other_id", [778, 1500, 4000])
+@pytest.mark.parametrize("other_id", [28, 40, 3])
 def test_another_subject_has_lower_fidelity_and_larger_distance(other_id):
     other = subject_by_id(other_id)
     image = render(other, CONTEXT)
@@ -91,12 +91,6 @@ def test_fidelity_ignores_where_and_how_large_the_toy_was_drawn():
     assert fidelity["iou"] > 0.9 and fidelity["fidelity"] > 0.85
 
 
-def test_a_wide_toy_does_not_pass_for_the_square_one():
-    wide = next(s for s in all_subjects() if s.shape == "circle" and s.aspect == "wide")
-    square = with_attributes(wide, aspect="square")
-    assert subject_fidelity(render(wide, CONTEXT), square, CONTEXT)["iou"] < 0.75
-
-
 def test_identity_accuracy_is_perfect_on_exact_renderings_among_24_candidates():
     candidates = _sample_subjects(24)
     contexts = [all_contexts()[k * 3] for k in range(len(candidates))]
@@ -119,7 +113,7 @@ def test_identity_accuracy_is_zero_when_every_image_shows_another_candidate():
 
 
 def test_identity_accuracy_asks_for_the_true_subject_among_the_candidates():
-    candidates = _sample_subjects(5, seed=1)
+    candidates = _sample_subjects(5, seed=3)
     assert SUBJECT not in candidates
     with pytest.raises(ValueError, match="not among the candidates"):
         identity_accuracy([render(SUBJECT, CONTEXT)], [SUBJECT], candidates, [CONTEXT])
@@ -130,4 +124,4 @@ def test_diversity_is_zero_for_identical_images_and_positive_for_different_ones(
     assert diversity([image, image.copy(), image.copy()]) == 0.0
     jittered = [render(SUBJECT, CONTEXT, rng=np.random.default_rng(seed)) for seed in range(3)]
     assert diversity(jittered) > 0.0
-    assert diversity([image, render(subject_by_id(778), CONTEXT)]) > 0.01
+    assert diversity([image, render(subject_by_id(28), CONTEXT)]) > 0.01

@@ -1,5 +1,6 @@
 """Put a generated toy onto the exact rendering of a subject: segment both, then match their bounding boxes."""
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def align_to_truth(generated: Segmented, subject: Subject, context: Context) -> 
 
     One scale for both axes, so a wide toy still differs from a square one; nearest-neighbour resampling.
     """
-    truth = Segmented.of(render(subject, context, size=generated.image.shape[0]))
+    truth = true_segmented(subject, context, generated.image.shape[0])
     if generated.box is None or truth.box is None:
         return AlignedPair(generated.image, generated.mask, truth.image, truth.mask)
     scale = longest_side(generated.box) / longest_side(truth.box)
@@ -54,6 +55,15 @@ def align_to_truth(generated: Segmented, subject: Subject, context: Context) -> 
     cols = _source_indices(generated.box[1::2], truth.box[1::2], scale, generated.image.shape[1])
     grid = np.ix_(rows, cols)
     return AlignedPair(generated.image[grid], generated.mask[grid], truth.image, truth.mask)
+
+
+@lru_cache(maxsize=8192)
+def true_segmented(subject: Subject, context: Context, size: int) -> Segmented:
+    """The exact rendering, segmented; cached, since identity metrics compare every image with many candidates."""
+    truth = Segmented.of(render(subject, context, size=size))
+    for array in (truth.image, truth.mask):
+        array.flags.writeable = False
+    return truth
 
 
 def longest_side(box: tuple[int, int, int, int]) -> int:

@@ -1,12 +1,14 @@
-"""The miniature world's table: the base model, the hypernet (plain CFG and HM-CFG), per-subject LoRA fine-tuning and
-a hypernet trained without output regularization, on held-out subjects prompted into other contexts than their
-reference image's.
+"""The miniature world's table: the ladder from the metric itself to the method, on held-out subjects prompted into
+other contexts than their reference image's.
 
-    python -m bench.world.compare [--subjects 12] [--prompts 3] [--seeds 2] [--finetune-steps 50 200 800]
+    python -m bench.world.compare [--seed 0] [--subjects 24] [--prompts 3] [--seeds 2] [--finetune-steps 50 200 800]
 
-Sampled in-process through ComfyUI's nodes and this pack's: Load Subject Hypernet → Encode Subject → Predict LoRA →
-Apply Predicted LoRA → KSampler (plain CFG) or HM-CFG KSampler; fine-tuned LoRAs go through ComfyUI's own LoRA
-loader. Every row samples the same (subject, prompt, seed) triples. Writes results.json, table.md and grid.png.
+Rows: exact renders (the metric), renders through the world VAE, the base model told the subject's identity in words
+(the text oracle) and told only the class word, per-subject LoRA fine-tuning, the hypernet with plain CFG and with
+HM-CFG, the longest fine-tune with HM-CFG, and the hypernet trained without output regularization. Sampled in-process
+through ComfyUI's nodes and this pack's: Load Subject Hypernet → Encode Subject → Predict LoRA → Apply Predicted LoRA →
+KSampler (plain CFG) or HM-CFG KSampler; fine-tuned LoRAs go through ComfyUI's own LoRA loader. Every row shows the same
+(subject, prompt, seed) triples, drawn from --seed. Writes results.json, table.md and grid.png.
 """
 import argparse
 import json
@@ -18,21 +20,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base.common import CACHE, REPO, import_comfy, setup_logging
-from .base.evaluate import load_stock, save_grid, stock_loadable
+from .bars import (CLASS_LEVEL, EXACT, HYPERNET, ORACLE, THROUGH_VAE, bar_report, finetuned, finetuned_hm_cfg,
+                   hypernet_hm_cfg)
+from .base.common import CACHE, REPO, import_comfy, psnr, setup_logging
+from .base.evaluate import load_stock, save_grid, stock_loadable, vae_round_trip
 from .cases import Case, make_cases
 from .contexts import prompt
 from .finetune import finetune_lora
-from .metrics import context_alignment, diversity, identity_accuracy, subject_fidelity
+from .metrics import context_alignment, diversity, identity_accuracy, nearest_subject, subject_fidelity
 from .node_sampler import CFG, SAMPLER, Row, Sampler
 from .render import render
+from .subjects import ATTRIBUTES, all_subjects
 
 log = logging.getLogger(__name__)
+CONTEXT_ATTRIBUTES = ("background", "position", "size", "lighting")
+
+
+def render_rows(sampler: Sampler, cases: list[Case]) -> tuple[list[Row], float]:
+    """The exact renders of every (case, prompt), repeated per seed, and the same through VAEEncode → VAEDecode;
+    and the round trip's PSNR."""
+    exact = np.asarray([[[render(case.subject, context)] * sampler.seeds for context in case.prompts]
+                        for case in cases])
+    flat = torch.from_numpy(exact.reshape(-1, *exact.shape[-3:]))
+    with torch.inference_mode():
+        decoded = vae_round_trip(sampler.vae, flat.permute(0, 3, 1, 2))
+    return ([Row(EXACT, exact, 0.0), Row(THROUGH_VAE, decoded.reshape(exact.shape), 0.0)],
+            psnr(torch.from_numpy(decoded), flat))
 
 
 def finetune_rows(sampler: Sampler, cases: list[Case], checkpoint: Path, rank: int, alpha: float,
-                  steps: tuple[int, ...]) -> list[Row]:
-    """One fine-tuning run per subject, snapshotted at each step count; one row per step count."""
+                  steps: tuple[int, ...], hm_cfg: list[float]) -> list[Row]:
+    """One fine-tuning run per subject, snapshotted at each step count; one row per step count, and the longest
+    fine-tune with HM-CFG at each s_subject."""
     from train.base_model import FrozenBase
 
     base = FrozenBase.load(str(checkpoint), torch.device("cpu"))
@@ -47,38 +66,48 @@ def finetune_rows(sampler: Sampler, cases: list[Case], checkpoint: Path, rank: i
         lora, seconds = tuned[case.subject.id][n]
         return sampler.stock_lora(lora), seconds
 
-    return [sampler.row(f"fine-tuned LoRA, {n} steps", cases, lambda case, n=n: personalize(case, n)) for n in steps]
+    longest = max(steps)
+    return ([sampler.row(finetuned(n), cases, lambda case, n=n: personalize(case, n)) for n in steps]
+            + [sampler.row(finetuned_hm_cfg(longest, s), cases,
+                           lambda case: personalize(case, longest), (CFG, s)) for s in hm_cfg])
 
 
 def scores(row: Row, cases: list[Case]) -> dict:
-    """Identity accuracy (among the evaluated subjects), fidelity, context alignment, diversity, seconds."""
+    """Identity accuracy among the evaluated subjects, per-attribute identity (nearest of all subjects), fidelity,
+    context alignment (all and per attribute), diversity across seeds, personalization seconds per subject."""
     flat = [(image, case.subject, context) for case, images in zip(cases, row.images)
             for context, seeds in zip(case.prompts, images) for image in seeds]
     images, subjects, contexts = zip(*flat)
-    candidates = [case.subject for case in cases]
+    nearest = [nearest_subject(image, all_subjects(), context) for image, context in zip(images, contexts)]
     alignments = [context_alignment(image, context) for image, context in zip(images, contexts)]
     return {"method": row.name,
-            "identity_accuracy": identity_accuracy(images, subjects, candidates, contexts),
+            "identity_accuracy": identity_accuracy(images, subjects, [case.subject for case in cases], contexts),
+            **{f"identity_{name}": float(np.mean([getattr(n, name) == getattr(s, name)
+                                                  for n, s in zip(nearest, subjects)])) for name in ATTRIBUTES},
             "fidelity": float(np.mean([subject_fidelity(im, s, c)["fidelity"] for im, s, c in flat])),
             "context_alignment": float(np.mean([a["all"] for a in alignments])),
-            "background_alignment": float(np.mean([a["background"] for a in alignments])),
+            **{f"context_{name}": float(np.mean([a[name] for a in alignments])) for name in CONTEXT_ATTRIBUTES},
             "diversity": float(np.mean([diversity(seeds) for images in row.images for seeds in images])),
             "seconds_per_subject": row.seconds}
 
 
-def table(results: list[dict], chance: float) -> str:
+def table(results: list[dict], chance: float, vae_psnr: float) -> str:
     """The results as a Markdown table."""
-    lines = ["| method | identity acc. | fidelity | context align. (all / background) | diversity | "
-             "personalization time |", "|---|---|---|---|---|---|"]
+    lines = ["| method | identity acc. | body / second colour | fidelity | context align. | background / position / "
+             "size / lighting | diversity | personalization time |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['method']} | {100 * r['identity_accuracy']:.0f} % | {r['fidelity']:.3f} | "
-                     f"{100 * r['context_alignment']:.0f} % / {100 * r['background_alignment']:.0f} % | "
-                     f"{r['diversity']:.3f} | {r['seconds_per_subject']:.3g} s |")
-    lines.append(f"\nIdentity chance: {100 * chance:.1f} %.")
+        colours = " / ".join(f"{100 * r[f'identity_{name}']:.0f}" for name in ATTRIBUTES)
+        context = " / ".join(f"{100 * r[f'context_{name}']:.0f}" for name in CONTEXT_ATTRIBUTES)
+        lines.append(f"| {r['method']} | {100 * r['identity_accuracy']:.0f} % | {colours} % | {r['fidelity']:.3f} | "
+                     f"{100 * r['context_alignment']:.0f} % | {context} % | {r['diversity']:.3f} | "
+                     f"{r['seconds_per_subject']:.3g} s |")
+    lines.append(f"\nIdentity chance: {100 * chance:.1f} % (nearest of the evaluated subjects); body / second colour: "
+                 f"the nearest of all {len(all_subjects())} subjects has the right colour. VAE round trip: "
+                 f"{vae_psnr:.1f} dB PSNR.")
     return "\n".join(lines)
 
 
-def grid(rows: dict[str, Row], cases: list[Case], columns: list[str], path: Path, n: int = 6) -> None:
+def grid(rows: dict[str, Row], cases: list[Case], columns: list[str], path: Path, n: int = 8) -> None:
     """reference | the rows' first images | ground truth, one line per case (first prompt, first seed)."""
     lines = []
     for i, case in enumerate(cases[:n]):
@@ -117,10 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ckpt", type=Path, default=CACHE / "world_sd15.safetensors")
     parser.add_argument("--hypernet", type=Path, default=CACHE / "hyper" / "main" / "hypernet.safetensors")
     parser.add_argument("--hypernet-lambda0", type=Path, default=CACHE / "hyper" / "lambda0" / "hypernet.safetensors")
-    parser.add_argument("--subjects", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0, help="draws the cases: subjects, reference contexts, prompts")
+    parser.add_argument("--subjects", type=int, default=24, help="held-out subjects (at most 24)")
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--hm-cfg", type=float, nargs="+", default=[2.0, 5.0, 8.0], help="s_subject values (s_text 5)")
+    parser.add_argument("--hm-cfg", type=float, nargs="+", default=[1.0, 2.0, 3.0],
+                        help="s_subject values (s_text 5)")
     parser.add_argument("--finetune-steps", type=int, nargs="+", default=[50, 200, 800])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=CACHE / "compare")
@@ -147,28 +178,35 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
         checkpoint = stock_loadable(args.ckpt, args.out / "work")
         model, clip, vae = load_stock(checkpoint)
     sampler = Sampler(pack, model, clip, vae, args.seeds)
-    cases = make_cases(args.subjects, args.prompts, seed=0)
+    cases = make_cases(args.subjects, args.prompts, seed=args.seed)
 
     def hypernet(name: str):
         return lambda case: sampler.hypernet_lora(name, case)
 
-    rows = [sampler.row("base model (no subject)", cases, lambda case: (None, 0.0)),
-            sampler.row("hypernet, plain CFG", cases, hypernet("world.safetensors")),
-            *(sampler.row(f"hypernet, HM-CFG s_text {CFG:g} s_subject {s:g}", cases, hypernet("world.safetensors"),
-                          (CFG, s)) for s in args.hm_cfg),
-            sampler.row("hypernet λ = 0, plain CFG", cases, hypernet("world_lambda0.safetensors"))]
+    rows, vae_psnr = render_rows(sampler, cases)
+    rows += [sampler.row(ORACLE, cases, lambda case: (None, 0.0), described=True),
+             sampler.row(CLASS_LEVEL, cases, lambda case: (None, 0.0))]
     config = pack["HyperSubjectLoader"].execute(hypernet_name="world.safetensors").args[0].net.config
-    rows += finetune_rows(sampler, cases, checkpoint, config.rank, config.alpha, tuple(args.finetune_steps))
+    rows += finetune_rows(sampler, cases, checkpoint, config.rank, config.alpha, tuple(args.finetune_steps),
+                          args.hm_cfg)
+    rows += [sampler.row(HYPERNET, cases, hypernet("world.safetensors")),
+             *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (CFG, s))
+               for s in args.hm_cfg),
+             sampler.row("hypernet λ = 0, plain CFG", cases, hypernet("world_lambda0.safetensors"))]
 
     results = [scores(row, cases) for row in rows]
     by_name = {row.name: row for row in rows}
-    hm_middle = f"hypernet, HM-CFG s_text {CFG:g} s_subject {args.hm_cfg[len(args.hm_cfg) // 2]:g}"
-    grid(by_name, cases, ["base model (no subject)", "hypernet, plain CFG", hm_middle], args.out / "grid.png")
-    setup = {"subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG, **SAMPLER,
+    middle = sorted(args.finetune_steps)[len(args.finetune_steps) // 2]
+    grid(by_name, cases, [ORACLE, CLASS_LEVEL, finetuned(middle), HYPERNET, hypernet_hm_cfg(args.hm_cfg[0])],
+         args.out / "grid.png")
+    setup = {"seed": args.seed, "subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG,
+             "s_text": CFG, **SAMPLER, "vae_psnr": vae_psnr,
              **{name: repo_relative(getattr(args, name)) for name in ("hypernet", "hypernet_lambda0", "ckpt")}}
-    (args.out / "results.json").write_text(json.dumps({"setup": setup, "rows": results}, indent=2))
-    (args.out / "table.md").write_text(table(results, 1 / args.subjects) + "\n")
-    log.info("\n%s\nwrote %s", table(results, 1 / args.subjects), args.out)
+    bars = bar_report(results, args.finetune_steps, args.hm_cfg)
+    (args.out / "results.json").write_text(json.dumps({"setup": setup, "rows": results, "bars": bars}, indent=2))
+    text = table(results, 1 / args.subjects, vae_psnr) + "\n\n" + "\n".join(f"- {line}" for line in bars) + "\n"
+    (args.out / "table.md").write_text(text)
+    log.info("\n%s\nwrote %s", text, args.out)
     return results
 
 

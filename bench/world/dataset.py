@@ -25,12 +25,12 @@ def pairs(subjects: Sequence[Subject], n: int, seed: int = 0) -> Iterator[tuple[
 
 
 def write_subject_folders(root: str | Path, subjects: Sequence[Subject], images_per_subject: int, seed: int = 0,
-                          size: int = 64, jitter: bool = True) -> list[Path]:
-    """Write root/subject_<id>/<k>.png in random contexts, each with a <k>.txt class-level caption; return the PNGs."""
+                          size: int = 64, jitter: bool = True, prefix: str = "subject") -> list[Path]:
+    """Write root/<prefix>_<id>/<k>.png in random contexts, each with a <k>.txt class-level caption; return the PNGs."""
     rng = np.random.default_rng(seed)
     written = []
     for subject in subjects:
-        folder = Path(root) / f"subject_{subject.id}"
+        folder = Path(root) / f"{prefix}_{subject.id}"
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(images_per_subject):
             context = random_context(rng)

@@ -63,12 +63,16 @@ def identity_accuracy(images: Sequence, true_subjects: Sequence[Subject], candid
     missing = set(true_subjects) - set(candidate_subjects)
     if missing:
         raise ValueError(f"true subjects {sorted(s.id for s in missing)} are not among the candidates; add them")
-    hits = 0
-    for image, truth, context in zip(images, true_subjects, contexts):
-        generated = Segmented.of(as_image(image))
-        distances = [_distance(generated, candidate, context) for candidate in candidate_subjects]
-        hits += candidate_subjects[int(np.argmin(distances))] == truth
+    hits = sum(nearest_subject(image, candidate_subjects, context) == truth
+               for image, truth, context in zip(images, true_subjects, contexts))
     return hits / len(images)
+
+
+def nearest_subject(image, candidate_subjects: Sequence[Subject], context: Context) -> Subject:
+    """The candidate whose rendering in `context` is nearest to the image by `subject_distance`."""
+    generated = Segmented.of(as_image(image))
+    distances = [_distance(generated, candidate, context) for candidate in candidate_subjects]
+    return candidate_subjects[int(np.argmin(distances))]
 
 
 def diversity(images: Sequence) -> float:

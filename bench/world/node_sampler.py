@@ -3,6 +3,7 @@ miniature world's comparison: one base checkpoint, KSampler or HM-CFG KSampler, 
 import logging
 import time
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -10,7 +11,8 @@ import torch
 from hypernet import to_lora_state_dict
 
 from .cases import Case
-from .contexts import Context, prompt
+from .contexts import prompt
+from .subjects import CLASS_WORD, describe
 
 log = logging.getLogger(__name__)
 SAMPLER = dict(steps=20, sampler_name="euler", scheduler="normal")
@@ -32,14 +34,21 @@ class Sampler:
     def __init__(self, pack: dict, model, clip, vae, seeds: int):
         self.pack, self.model, self.clip, self.vae, self.seeds = pack, model, clip, vae, seeds
 
+    @cache
+    def encode(self, text: str):
+        """CLIPTextEncode of one prompt, once per text (every row asks for the same prompts)."""
+        import nodes
+
+        with torch.inference_mode():
+            return nodes.CLIPTextEncode().encode(self.clip, text)[0]
+
     @torch.inference_mode()
-    def images(self, personalized, context: Context, seed: int, hm_cfg: tuple[float, float] | None = None):
+    def images(self, personalized, text: str, seed: int, hm_cfg: tuple[float, float] | None = None):
         """`seeds` images of the prompt: KSampler with CFG on `personalized` (or the base model when None), or the
         HM-CFG KSampler with (s_text, s_subject)."""
         import nodes
 
-        positive = nodes.CLIPTextEncode().encode(self.clip, prompt(context))[0]
-        negative = nodes.CLIPTextEncode().encode(self.clip, "")[0]
+        positive, negative = self.encode(text), self.encode("")
         latent = nodes.EmptyLatentImage().generate(64, 64, self.seeds)[0]
         if hm_cfg is None:
             samples = nodes.KSampler().sample(personalized or self.model, seed, SAMPLER["steps"], CFG,
@@ -52,13 +61,16 @@ class Sampler:
                 seed=seed, denoise=1.0, **SAMPLER).args[0]
         return nodes.VAEDecode().decode(self.vae, samples)[0].numpy()
 
-    def row(self, name: str, cases: list[Case], personalize, hm_cfg=None) -> Row:
-        """Images of every case × prompt; `personalize(case)` → (MODEL or None, seconds it took)."""
+    def row(self, name: str, cases: list[Case], personalize, hm_cfg=None, described: bool = False) -> Row:
+        """Images of every case × prompt; `personalize(case)` → (MODEL or None, seconds it took). The prompts name the
+        class word, or, `described`, the subject's identity in words (what the base model learned to draw)."""
         images, seconds = [], []
         for i, case in enumerate(cases):
             model, spent = personalize(case)
             seconds.append(spent)
-            images.append([self.images(model, context, 1000 * i + j, hm_cfg) for j, context in enumerate(case.prompts)])
+            word = describe(case.subject) if described else CLASS_WORD
+            images.append([self.images(model, prompt(context, word), 1000 * i + j, hm_cfg)
+                           for j, context in enumerate(case.prompts)])
         log.info("sampled %s", name)
         return Row(name, np.asarray(images), float(np.mean(seconds)))
 

@@ -4,16 +4,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contexts import LIGHTINGS, SIZE_EXTENT, Context, centre_x, lit_background
-from .subjects import ASPECTS, COLOURS, Subject
+from .subjects import COLOURS, Subject
 
 SUPERSAMPLE = 4
 OUTLINE_WIDTH = 0.02  # fraction of the image width; keeps a toy visible on a background of a similar colour
 OUTLINE_RGB = (0.08, 0.08, 0.08)
 JITTER_SHIFT = 0.02  # at most this fraction of the width, in x and in y, only when an rng is passed
 JITTER_DEGREES = 10.0
-CROSS_ARM = 0.36  # half-thickness of a cross arm, fraction of the half extent
-SPOT_RADIUS = 0.5
-BAND_HALF = 0.3
 
 
 @dataclass(frozen=True)
@@ -27,21 +24,19 @@ class Placement:
     angle: float = 0.0
 
 
-def placement(subject: Subject, context: Context, rng: np.random.Generator | None = None) -> Placement:
+def placement(context: Context, rng: np.random.Generator | None = None) -> Placement:
     """The exact placement the context names, plus a small random shift and rotation when rng is given."""
     half = SIZE_EXTENT[context.size] / 2
-    ratio = ASPECTS[subject.aspect]
-    half_w, half_h = (half, half * ratio) if ratio <= 1 else (half / ratio, half)
     if rng is None:
-        return Placement(centre_x(context), 0.5, half_w, half_h)
+        return Placement(centre_x(context), 0.5, half, half)
     dx, dy = rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, size=2)
     angle = np.deg2rad(rng.uniform(-JITTER_DEGREES, JITTER_DEGREES))
-    return Placement(centre_x(context) + dx, 0.5 + dy, half_w, half_h, float(angle))
+    return Placement(centre_x(context) + dx, 0.5 + dy, half, half, float(angle))
 
 
 def render(subject: Subject, context: Context, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
     """The toy in its context: size×size×3 float32 in [0, 1]."""
-    outer, inner, second = _coverages(subject, placement(subject, context, rng), size)
+    outer, inner, second = _coverages(placement(context, rng), size)
     body_rgb = lit_colour(COLOURS[subject.body], context)
     second_rgb = lit_colour(COLOURS[subject.second], context)
     outline_rgb = lit_colour(OUTLINE_RGB, context)
@@ -58,20 +53,20 @@ def lit_colour(rgb: tuple[float, float, float], context: Context) -> np.ndarray:
 def render_mask(subject: Subject, context: Context, size: int = 64,
                 rng: np.random.Generator | None = None) -> np.ndarray:
     """Pixels at least half covered by the toy (outline included): size×size bool; same rng state as `render`."""
-    outer, _, _ = _coverages(subject, placement(subject, context, rng), size)
+    outer, _, _ = _coverages(placement(context, rng), size)
     return outer[..., 0] >= 0.5
 
 
-def _coverages(subject: Subject, place: Placement, size: int) -> tuple[np.ndarray, ...]:
-    """Per-pixel covered fractions of the outlined toy, its fill, and its second-colour pattern (size×size×1)."""
+def _coverages(place: Placement, size: int) -> tuple[np.ndarray, ...]:
+    """Per-pixel covered fractions of the outlined square, its fill, and its right (second-colour) half (size×size×1)."""
     rows, cols = _window(place, size)
     u, v = _local_coordinates(place, size, rows, cols)
     # The fill is the outline shape shrunk by the outline width on each side.
     ui = u * place.half_w / (place.half_w - OUTLINE_WIDTH)
     vi = v * place.half_h / (place.half_h - OUTLINE_WIDTH)
-    outer = _inside_shape(subject.shape, u, v)
-    inner = _inside_shape(subject.shape, ui, vi)
-    second = inner & _inside_pattern(subject.pattern, ui, vi)
+    outer = _inside_square(u, v)
+    inner = _inside_square(ui, vi)
+    second = inner & (ui > 0)
     coverages = []
     for mask in (outer, inner, second):
         full = np.zeros((size, size, 1), np.float32)
@@ -108,38 +103,9 @@ def _local_coordinates(place: Placement, size: int, rows: slice, cols: slice) ->
     return (dx * cos + dy * sin) / place.half_w, (dy * cos - dx * sin) / place.half_h
 
 
-def _inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Whether (u, v) lies inside the named outline, which fills [-1, 1]²."""
-    au, av = np.abs(u), np.abs(v)
-    box = (au <= 1) & (av <= 1)
-    if shape == "circle":
-        return u * u + v * v <= 1
-    if shape == "square":
-        return box
-    if shape == "triangle":  # apex up
-        return (v <= 1) & (2 * au <= v + 1)
-    if shape == "diamond":
-        return au + av <= 1
-    if shape == "hexagon":  # vertices (±1, 0) and (±0.5, ±1)
-        return box & (av <= 2 * (1 - au))
-    if shape == "cross":
-        return box & (np.minimum(au, av) <= CROSS_ARM)
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def _inside_pattern(pattern: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Whether (u, v) is painted in the second colour."""
-    if pattern == "left_right":
-        return u > 0
-    if pattern == "top_bottom":
-        return v > 0
-    if pattern == "spot":
-        return u * u + v * v <= SPOT_RADIUS**2
-    if pattern == "band":
-        return np.abs(v) <= BAND_HALF
-    if pattern == "stripe":
-        return np.abs(u) <= BAND_HALF
-    raise ValueError(f"unknown pattern {pattern!r}")
+def _inside_square(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether (u, v) lies inside the toy's square, which fills [-1, 1]²."""
+    return (np.abs(u) <= 1) & (np.abs(v) <= 1)
 
 
 def _box_downsample(mask: np.ndarray, factor: int) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Procedural subjects ("toys"): identity = outline shape × two colours × coarse pattern × proportion.
+"""Procedural subjects ("toys"): identity = body colour × second colour, the two halves of an outlined square.
 
-Every attribute is coarse enough to survive an 8× VAE down-sampling at 64 px (a small toy still spans
-about 3–4 latent pixels), and every identity renders differently from every other one.
+World v2 keeps only attributes that survive the world VAE at 64 px (colours and halves do; outlines, corners and
+thin patterns did not in world v1), so that identity is limited by what the models learn, not by what the VAE keeps.
 """
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -10,8 +10,6 @@ from itertools import product
 import numpy as np
 
 CLASS_WORD = "toy"
-
-SHAPES = ("circle", "square", "triangle", "diamond", "hexagon", "cross")
 
 # Saturated toy colours, at least 0.36 apart in RGB; near-black is reserved for the outline.
 COLOURS = {
@@ -24,25 +22,17 @@ COLOURS = {
     "purple": (0.55, 0.15, 0.70),
     "white": (1.00, 1.00, 1.00),
 }
-
-# Each pattern paints part of the body in the second colour; a plain toy would hide that colour and
-# make two identities look the same, so there is no "none".
-PATTERNS = ("left_right", "top_bottom", "spot", "band", "stripe")
-
-# Height / width of the toy's bounding box; its longest side is set by the context's size.
-ASPECTS = {"wide": 0.6, "square": 1.0, "tall": 1 / 0.6}
+ATTRIBUTES = ("body", "second")
+HELD_OUT = 24  # identities no model ever trains on: the evaluation's candidates
 
 
 @dataclass(frozen=True)
 class Subject:
-    """One toy identity; `id` is its index in `all_subjects()`."""
+    """One toy identity: left half in the body colour, right half in the second; `id` indexes `all_subjects()`."""
 
     id: int
-    shape: str
     body: str
     second: str
-    pattern: str
-    aspect: str
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict."""
@@ -59,10 +49,9 @@ class Subject:
 
 @lru_cache(maxsize=1)
 def all_subjects() -> tuple[Subject, ...]:
-    """The whole identity space, in a fixed order (shape, body, second, pattern, aspect)."""
-    combos = product(SHAPES, COLOURS, COLOURS, PATTERNS, ASPECTS)
-    distinct = [c for c in combos if c[1] != c[2]]
-    return tuple(Subject(i, *c) for i, c in enumerate(distinct))
+    """The whole identity space, in a fixed order: every ordered pair of two different colours (56)."""
+    pairs = [(body, second) for body, second in product(COLOURS, COLOURS) if body != second]
+    return tuple(Subject(i, *pair) for i, pair in enumerate(pairs))
 
 
 def subject_by_id(subject_id: int) -> Subject:
@@ -84,25 +73,26 @@ def with_attributes(subject: Subject, **change: str) -> Subject:
 
 def neighbours(subject: Subject) -> list[Subject]:
     """All subjects that differ from `subject` in exactly one attribute: the hardest identity candidates."""
-    attributes = ("shape", "body", "second", "pattern", "aspect")
     return [other for other in all_subjects()
-            if sum(getattr(other, name) != getattr(subject, name) for name in attributes) == 1]
+            if sum(getattr(other, name) != getattr(subject, name) for name in ATTRIBUTES) == 1]
 
 
-def split_subjects(seed: int = 0, held_out_fraction: float = 0.1) -> tuple[list[Subject], list[Subject]]:
-    """Deterministic disjoint (train, held_out) split of all subjects, each sorted by id."""
-    if not 0.0 <= held_out_fraction <= 1.0:
-        raise ValueError(f"held_out_fraction must be in [0, 1], got {held_out_fraction}")
+def split_subjects(seed: int = 0, held_out: int = HELD_OUT) -> tuple[list[Subject], list[Subject]]:
+    """Deterministic disjoint (train, held_out) split of all subjects, each sorted by id.
+
+    Every colour stays in the training half both as a body and as a second colour, so a held-out toy is a new
+    combination of known attributes (as one's own dog is for a model that knows dogs)."""
     subjects = all_subjects()
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    n_held = round(held_out_fraction * len(subjects))
-    held = set(order[:n_held].tolist())
-    train = [s for s in subjects if s.id not in held]
-    held_out = [s for s in subjects if s.id in held]
-    return train, held_out
+    if not 0 <= held_out < len(subjects):
+        raise ValueError(f"held_out must be in [0, {len(subjects)}), got {held_out}")
+    rng = np.random.default_rng(seed)
+    while True:
+        held = set(rng.permutation(len(subjects))[:held_out].tolist())
+        train = [s for s in subjects if s.id not in held]
+        if all({getattr(s, name) for s in train} == set(COLOURS) for name in ATTRIBUTES):
+            return train, [s for s in subjects if s.id in held]
 
 
 def describe(subject: Subject) -> str:
-    """Human-readable name, e.g. 'wide red circle with blue spot'."""
-    part = {"left_right": "right half", "top_bottom": "bottom half"}.get(subject.pattern, subject.pattern)
-    return f"{subject.aspect} {subject.body} {subject.shape} with {subject.second} {part}"
+    """The identity in words, as the base model learned it: 'red and blue toy' (left half, right half)."""
+    return f"{subject.body} and {subject.second} {CLASS_WORD}"

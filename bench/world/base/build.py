@@ -1,4 +1,4 @@
-"""Assemble the world's SD1.5-family checkpoint: trained UNet (fp16) + trained TAESD [+ regenerated CLIP-L].
+"""Assemble the world's SD1.5-family checkpoint: trained UNet (fp16) + trained TAESD (fp16) [+ regenerated CLIP-L].
 
     python -m bench.world.base.build              # .cache/world/world_sd15.safetensors (with CLIP-L, ~290 MB)
     python -m bench.world.base.build --no-clip    # .cache/world/world_sd15_noclip.safetensors (~37 MB, to commit)
@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 FORMAT = "hypersubject-world-sd15/1"
 UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_model.", "cond_stage_model."
 DEFAULT_CLIP_SEED = 0
+# Still detected as SD15 by the stock loader (model_channels 320, context_dim 768), with a transformer in the input
+# block, the middle block and both output blocks: 4 blocks, 32 attention targets for a LoRA (25.8M parameters).
+WORLD_UNET = {**SD15_TINY_UNET, "transformer_depth_output": [1, 1], "transformer_depth_middle": 1}
 
 
 def unet_keys(unet_state: dict) -> dict:
@@ -30,8 +33,8 @@ def unet_keys(unet_state: dict) -> dict:
 
 
 def vae_keys(taesd_state: dict) -> dict:
-    """TAESD weights (calibrated vae_scale/vae_shift included) under the checkpoint prefix, in fp32."""
-    return {VAE_PREFIX + k: v.detach().float() for k, v in taesd_state.items()}
+    """TAESD weights (calibrated vae_scale/vae_shift included) under the checkpoint prefix, in fp16 like the UNet."""
+    return {VAE_PREFIX + k: v.detach().to(torch.float16) for k, v in taesd_state.items()}
 
 
 def with_clip(state: dict, clip_seed: int) -> dict:
@@ -45,7 +48,7 @@ def write_checkpoint(path: Path, state: dict, clip_seed: int, info: dict | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     has_clip = any(k.startswith(CLIP_PREFIX) for k in state)
     metadata = {"format": FORMAT, "clip_l_seed": str(clip_seed), "has_clip": str(has_clip).lower(),
-                "unet_config": json.dumps(SD15_TINY_UNET), "info": json.dumps(info or {})}
+                "unet_config": json.dumps(WORLD_UNET), "info": json.dumps(info or {})}
     tmp = path.with_name(path.name + ".partial")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
@@ -90,7 +93,7 @@ def build(vae_path: Path, unet_path: Path | None, out: Path, clip_seed: int, inc
     else:
         from ...tiny_checkpoints import tiny_unet_state_dict
 
-        state.update({k: v.half() for k, v in tiny_unet_state_dict(0).items()})
+        state.update({k: v.half() for k, v in tiny_unet_state_dict(0, WORLD_UNET).items()})
         info["unet"] = "untrained (seed 0)"
     if include_clip:
         state = with_clip(state, clip_seed)

@@ -1,11 +1,14 @@
-"""Train the world's SD1.5-family UNet on class-level prompts with the ordinary eps-prediction loss, resumably.
+"""Train the world's SD1.5-family UNet with the ordinary eps-prediction loss, resumably.
 
     python -m bench.world.base.train_unet [--max_minutes M] [--resume]
 
 Data: random train subjects (`split_subjects`) in random contexts, rendered with jitter, encoded on the fly by the
-trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215); prompts are
-`contexts.prompt(context)` with the word "toy", encoded once by the frozen random CLIP-L through ComfyUI's own
-CLIPTextEncode path and cached; 10 % of captions are dropped to the empty prompt so CFG works.
+trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215). Captions describe the toy's
+identity for a share of the samples ("a red and blue toy on a green background, …"; each training subject in a fixed
+set of its contexts), give only the class word for the rest ("a toy on a green background, …"), and are empty for
+10 % so CFG works: the base model can draw any toy it is told about, and some toy when it is not, as a real model
+knows "a corgi". All captions are encoded once by the frozen random CLIP-L through ComfyUI's own CLIPTextEncode
+path and cached.
 Noise: ComfyUI's SD15 `ModelSamplingDiscrete` (scaled-linear betas, 1000 steps) and EPS input scaling, taken from
 the model object that ComfyUI itself samples with.
 """
@@ -20,17 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...tiny_checkpoints import SD15_TINY_UNET, init_fan_in_
-from ..contexts import all_contexts, prompt
-from ..subjects import split_subjects
+from ...tiny_checkpoints import init_fan_in_
+from ..contexts import Context, all_contexts, prompt, random_context
+from ..render import render
+from ..subjects import Subject, describe, split_subjects
 from train.state import load_optimizer, optimizer_tensors
 
-from .common import (CACHE, append_jsonl, import_comfy, load_state, parse_config, render_batch, save_state,
-                     setup_logging)
+from .build import WORLD_UNET
+from .common import CACHE, append_jsonl, import_comfy, load_state, parse_config, save_state, setup_logging
 
 log = logging.getLogger(__name__)
 SD15_LATENT_SCALE = 0.18215
-EMPTY = len(all_contexts())  # index of the empty prompt in the encoding table
+EMPTY = len(all_contexts())  # index of the empty prompt in the encoding table; descriptions follow it
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class UNetConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the exported weights"})
     caption_dropout: float = field(default=0.1, metadata={"help": "share of empty prompts (for CFG)"})
+    describe_share: float = field(default=0.7, metadata={"help": "share of prompts that describe the toy's identity"})
+    described_contexts: int = field(default=24, metadata={"help": "contexts per training subject with a description"})
     clip_seed: int = field(default=0, metadata={"help": "seed of the frozen random CLIP-L"})
     seed: int = field(default=0, metadata={"help": "init and data seed"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
@@ -53,7 +59,7 @@ class UNetConfig:
     out: str = field(default=str(CACHE / "unet_state.safetensors"), metadata={"help": "checkpoint path"})
 
 
-def new_world_model(seed: int, unet_config: dict = SD15_TINY_UNET):
+def new_world_model(seed: int, unet_config: dict = WORLD_UNET):
     """ComfyUI's own SD15 BaseModel (UNet + model_sampling) in fp32, with explicit init.
 
     ComfyUI's ops skip init; like SD's `zero_module`, the last conv of every res block, every transformer's
@@ -72,10 +78,22 @@ def new_world_model(seed: int, unet_config: dict = SD15_TINY_UNET):
     return model
 
 
-def prompt_encodings(clip_seed: int) -> torch.Tensor:
-    """(73, 77, 768): CLIPTextEncode of every context prompt, then the empty prompt; cached in .cache/world."""
-    path = CACHE / f"prompts_clip{clip_seed}.safetensors"
-    texts = [prompt(c) for c in all_contexts()] + [""]
+def described_contexts(subjects: list[Subject], per_subject: int, seed: int) -> list[tuple[Subject, Context]]:
+    """The (subject, context) pairs whose identity descriptions the base model trains on: a fixed set per subject."""
+    contexts = all_contexts()
+    rng = np.random.default_rng([seed, 1])
+    return [(subject, contexts[int(i)]) for subject in subjects
+            for i in rng.choice(len(contexts), per_subject, replace=False)]
+
+
+def caption_texts(described: list[tuple[Subject, Context]]) -> list[str]:
+    """Every training caption, in table order: class-level prompts, the empty prompt, then the descriptions."""
+    return [prompt(c) for c in all_contexts()] + [""] + [prompt(c, describe(s)) for s, c in described]
+
+
+def prompt_encodings(texts: list[str], clip_seed: int) -> torch.Tensor:
+    """(len(texts), 77, 768): CLIPTextEncode of every text; cached in .cache/world."""
+    path = CACHE / f"prompts_v2_clip{clip_seed}.safetensors"
     if path.exists():
         document, cached = load_state(path)
         if document["texts"] == texts:
@@ -130,13 +148,23 @@ def train_step(model, optimizer, latents, context, generator) -> float:
     return loss.item()
 
 
-def training_batch(config: UNetConfig, step: int, subjects, vae, encodings) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(config: UNetConfig, step: int, subjects: list[Subject], described: list[tuple[Subject, Context]],
+                   vae, encodings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents, prompt encodings) for one step, deterministic per step so a resumed run sees the same data."""
     rng = np.random.default_rng([config.seed, step])
-    images, contexts = render_batch(subjects, config.batch, rng)
-    index = torch.tensor([all_contexts().index(c) for c in contexts])
-    index[torch.from_numpy(rng.random(config.batch) < config.caption_dropout)] = EMPTY
-    return encode_latents(vae, images), encodings[index]
+    images, index = [], []
+    for _ in range(config.batch):
+        draw = rng.random()
+        if draw < config.describe_share:
+            k = int(rng.integers(len(described)))
+            (subject, context), caption = described[k], EMPTY + 1 + k
+        else:
+            subject, context = subjects[int(rng.integers(len(subjects)))], random_context(rng)
+            caption = EMPTY if draw > 1 - config.caption_dropout else all_contexts().index(context)
+        images.append(render(subject, context, 64, rng))
+        index.append(caption)
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return encode_latents(vae, batch), encodings[torch.tensor(index)]
 
 
 @torch.no_grad()
@@ -154,7 +182,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(config.threads)
     import_comfy()
     subjects, _ = split_subjects()
-    encodings = prompt_encodings(config.clip_seed)
+    described = described_contexts(subjects, config.described_contexts, config.seed)
+    encodings = prompt_encodings(caption_texts(described), config.clip_seed)
     vae = load_taesd(Path(config.vae))
 
     model = new_world_model(config.seed)
@@ -172,7 +201,7 @@ def main(argv=None) -> None:
 
     curve, t0, last_save, losses = out.with_suffix(".jsonl"), time.time(), time.time(), []
     for step in range(start, config.steps):
-        latents, context = training_batch(config, step, subjects, vae, encodings)
+        latents, context = training_batch(config, step, subjects, described, vae, encodings)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
         losses.append(train_step(model, optimizer, latents, context, torch.Generator().manual_seed(step)))
