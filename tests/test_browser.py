@@ -3,7 +3,7 @@ import pytest
 
 import workflow_files
 from comfy_runtime import REPO
-from test_workflows import TINY
+from test_workflows import tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -41,7 +41,7 @@ def test_each_workflow_loads_with_no_missing_node_and_queues_as_its_api_twin(fro
         assert node["type"] in PACK_TYPES and node["description"]
         untipped = [w["name"] for w in node["widgets"] if not w["tooltip"]]
         assert not untipped, f"{node['type']} widgets without a tooltip: {untipped}"
-    prompt = front_end.page.evaluate("async () => (await app.graphToPrompt()).output")
+    prompt = front_end.prompt()
     assert {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in prompt.items()} == \
            {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in twin.items()}
 
@@ -51,29 +51,11 @@ def test_the_one_image_workflow_runs_from_the_run_button_and_shows_its_image(fro
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     front_end.page.mouse.move(5, 500)
     front_end.page.screenshot(path=str(SCREENSHOTS / "hypersubject_one_image.png"))
-    front_end.page.evaluate("""(tiny) => {
-        for (const n of app.graph.nodes) for (const w of n.widgets || [])
-            if (w.name in tiny) w.value = tiny[w.name]; }""", TINY)
-    with front_end.page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as answer:
-        front_end.page.click('[data-testid="queue-button"]')
-    body = answer.value.json()
-    assert "prompt_id" in body, body
-    front_end.page.wait_for_function("""pid => window.__events.some(e => e.detail?.prompt_id === pid)""",
-                                     arg=body["prompt_id"], timeout=120_000)
-    outcome = front_end.page.evaluate("pid => window.__events.find(e => e.detail?.prompt_id === pid).ev",
-                                      body["prompt_id"])
-    assert outcome == "execution_success"
+    front_end.set_widgets(tiny(workflow_files.api("hypersubject_one_image")))
+    assert front_end.run() == "execution_success"
     save_node = next(i for i, n in workflow_files.api("hypersubject_one_image").items()
                      if n["class_type"] == "SaveImage")
-    width = front_end.page.evaluate("""async (id) => {
-        const [item] = app.nodeOutputs[id].images;
-        const image = new Image();
-        image.src = comfyAPI.api.api.apiURL('/view?' + new URLSearchParams(item));
-        await image.decode();
-        app.canvas.setDirty(true, true);
-        return image.naturalWidth; }""", save_node)
-    assert width == 64
-    front_end.page.wait_for_timeout(500)
+    assert front_end.wait_for_image(save_node) == 64
     front_end.page.screenshot(path=str(SCREENSHOTS / "hypersubject_one_image_after_run.png"))
     assert front_end.errors == []
 
@@ -89,5 +71,5 @@ def test_a_workflow_from_a_future_version_with_an_unknown_widget_value_still_loa
     front_end.load(future, "future")
     missing = front_end.page.evaluate("() => app.graph.nodes.filter(n => n.has_errors).map(n => n.type)")
     assert missing == []
-    prompt = front_end.page.evaluate("async () => (await app.graphToPrompt()).output")
+    prompt = front_end.prompt()
     assert {i: n["inputs"] for i, n in prompt.items()} == {i: n["inputs"] for i, n in workflow_files.api(name).items()}

@@ -72,3 +72,22 @@ def test_the_identity_gap_compares_the_same_noise_with_own_shuffled_and_no_lora(
                 param.zero_()  # ΔW = 0 for every subject
     untrained = identity_gap(base, net, batch)
     assert untrained["own"] == untrained["shuffled"] == untrained["none"] == trained["none"]
+
+
+def test_fine_tuned_loras_are_cached_per_subject_and_recomputed_when_a_setting_changes(comfy_root, tmp_path):
+    checkpoint = stock_loadable(demo.BASE_MODEL, tmp_path)
+    cases = compare.make_cases(1, 1, seed=0)
+    first = compare.finetuned_loras(cases, checkpoint, 4, 4.0, (1, 2), tmp_path / "cache")
+    (cached,) = (tmp_path / "cache").iterdir()
+    written = cached.stat().st_mtime_ns
+    again = compare.finetuned_loras(cases, checkpoint, 4, 4.0, (1, 2), tmp_path / "cache")
+    assert cached.stat().st_mtime_ns == written
+    subject = cases[0].subject.id
+    for steps in (1, 2):
+        (state, seconds), (state_again, seconds_again) = first[subject][steps], again[subject][steps]
+        assert seconds == seconds_again and state.keys() == state_again.keys()
+        assert all(torch.equal(state[k], state_again[k]) for k in state)
+    one, two = first[subject][1][0], first[subject][2][0]
+    assert any(not torch.equal(one[k], two[k]) for k in one)  # the snapshots differ
+    compare.finetuned_loras(cases, checkpoint, 4, 2.0, (1, 2), tmp_path / "cache")
+    assert cached.stat().st_mtime_ns != written

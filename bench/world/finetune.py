@@ -9,7 +9,7 @@ from torch import Tensor
 from hypernet import PerSampleLoRA, PredictedLoRA, find_targets, family_of
 from train.base_model import FrozenBase
 
-NOISE_DRAWS = 4  # noise and timestep draws of the one reference image per step
+NOISE_DRAWS = 2  # noise and timestep draws of the one reference image per step
 LEARNING_RATE = 1e-3
 
 

@@ -8,8 +8,6 @@ from functools import cache
 import numpy as np
 import torch
 
-from hypernet import to_lora_state_dict
-
 from .cases import Case
 from .contexts import prompt
 from .subjects import CLASS_WORD, describe
@@ -90,8 +88,8 @@ class Sampler:
         return self.pack[node_id].execute(**inputs).args
 
     @torch.inference_mode()
-    def stock_lora(self, lora) -> object:
-        """A fine-tuned LoRA through ComfyUI's own loader (what LoraLoaderModelOnly does with the file)."""
+    def stock_lora(self, lora_state: dict) -> object:
+        """A LoRA file's state dict through ComfyUI's own loader (what LoraLoaderModelOnly does with the file)."""
         import comfy.sd
 
-        return comfy.sd.load_lora_for_models(self.model, None, to_lora_state_dict(lora), 1.0, 0.0)[0]
+        return comfy.sd.load_lora_for_models(self.model, None, lora_state, 1.0, 0.0)[0]
