@@ -22,14 +22,14 @@ def finetuned_hm_cfg(steps: int, s_subject: float) -> str:
 
 
 def bar_report(results: list[dict], finetune_steps: list[int], hm_cfg: list[float]) -> list[str]:
-    """'PASS'/'MISS' lines for every bar whose rows are in `results` (the 200- and 800-step bars need those
-    snapshots)."""
+    """'PASS'/'MISS' lines for every bar whose rows are in `results` (the 200-step bars need that snapshot), and a
+    'NOTE' for the class-word row, which has no bar."""
     rows = {r["method"]: r for r in results}
     ident = {name: r["identity_accuracy"] for name, r in rows.items()}
     lines = [_bar(ident[EXACT] == 1.0, f"exact renders: identity {_pct(ident[EXACT])} (bar 100 %)"),
              _bar(ident[THROUGH_VAE] >= 0.95, f"through the VAE: identity {_pct(ident[THROUGH_VAE])} (bar ≥ 95 %)"),
              _bar(ident[ORACLE] >= 0.8, f"text oracle: identity {_pct(ident[ORACLE])} (bar ≥ 80 %)"),
-             f"- class word only: identity {_pct(ident[CLASS_LEVEL])} (near chance expected)"]
+             f"NOTE class word only: identity {_pct(ident[CLASS_LEVEL])} (near chance expected)"]
     if 200 in finetune_steps:
         tuned = rows[finetuned(200)]
         hyper = rows[HYPERNET]

@@ -187,7 +187,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, default=CACHE / "world_sd15.safetensors")
     parser.add_argument("--hypernet", type=Path, default=CACHE / "hyper" / "main" / "hypernet.safetensors")
-    parser.add_argument("--hypernet-lambda0", type=Path, default=CACHE / "hyper" / "lambda0" / "hypernet.safetensors")
+    parser.add_argument("--hypernet-lambda0", type=Path, default=None,
+                        help="the same hypernet trained with reg_lambda 0 (its row is left out without it)")
     parser.add_argument("--seed", type=int, default=0, help="draws the cases: subjects, reference contexts, prompts")
     parser.add_argument("--subjects", type=int, default=8, help="held-out subjects to show (at most 24; identity is "
                                                                 "always the nearest of all 24)")
@@ -215,8 +216,8 @@ def main(argv=None) -> None:
 
 def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     """Every row of the table on the same cases; writes results.json, table.md and grid.png into args.out."""
-    add_hypernets({"world.safetensors": args.hypernet, "world_lambda0.safetensors": args.hypernet_lambda0},
-                  args.out / "work" / "hypernets")
+    hypernets = {"world.safetensors": args.hypernet, "world_lambda0.safetensors": args.hypernet_lambda0}
+    add_hypernets({name: path for name, path in hypernets.items() if path}, args.out / "work" / "hypernets")
     with torch.inference_mode():
         checkpoint = stock_loadable(args.ckpt, args.out / "work")
         model, clip, vae = load_stock(checkpoint)
@@ -234,8 +235,9 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
                           args.hm_cfg, args.out / "finetuned")
     rows += [sampler.row(HYPERNET, cases, hypernet("world.safetensors")),
              *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (CFG, s))
-               for s in args.hm_cfg),
-             sampler.row("hypernet λ = 0, plain CFG", cases, hypernet("world_lambda0.safetensors"))]
+               for s in args.hm_cfg)]
+    if args.hypernet_lambda0:
+        rows.append(sampler.row("hypernet λ = 0, plain CFG", cases, hypernet("world_lambda0.safetensors")))
 
     results = [scores(row, cases) for row in rows]
     by_name = {row.name: row for row in rows}
@@ -244,7 +246,8 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
          args.out / "grid.png")
     setup = {"seed": args.seed, "subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG,
              "s_text": CFG, **SAMPLER, "vae_psnr": vae_psnr,
-             **{name: repo_relative(getattr(args, name)) for name in ("hypernet", "hypernet_lambda0", "ckpt")}}
+             **{name: repo_relative(getattr(args, name)) for name in ("hypernet", "hypernet_lambda0", "ckpt")
+                if getattr(args, name)}}
     bars = bar_report(results, args.finetune_steps, args.hm_cfg)
     (args.out / "results.json").write_text(json.dumps({"setup": setup, "rows": results, "bars": bars}, indent=2))
     text = table(results, 1 / len(split_subjects()[1]), vae_psnr) + "\n\n" + "\n".join(f"- {line}" for line in bars) + "\n"
