@@ -10,15 +10,12 @@ import argparse
 import itertools
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measure import rss_mb
-
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests"), str(Path(__file__).resolve().parent.parent / "workflows")]
 
 PROMPTS = ["a toy on a blue background", "a toy on a green background, small", "a toy at the left",
            "a toy on a grey background, dim light", "a toy"]
@@ -41,9 +38,9 @@ class SoakResult:
 
 def soak_graph(base_graph: dict, image: str, prompt: str, seed: int, index: int) -> dict:
     """The one-image HM-CFG workflow for this case, plus a Save Predicted LoRA under its own name."""
-    from queue_batch import personalize
+    from bench.harness.workflow_files import queue_batch
 
-    graph = personalize(base_graph, image, prompt, seed)
+    graph = queue_batch().personalize(base_graph, image, prompt, seed)
     lora_source = next(i for i, n in graph.items() if n["class_type"] == "HyperSubjectPredictLoRA")
     graph["soak_save"] = {"class_type": "HyperSubjectSaveLoRA",
                           "inputs": {"subject_lora": [lora_source, 0], "name": f"soak_{index:04d}", "subfolder": "soak"}}
@@ -78,9 +75,9 @@ def prepared_server(base: Path):
     from PIL import Image
 
     from bench.tiny_checkpoints import write_tiny_hypernet
-    from comfy_server import ComfyServer
-    from node_harness import subject_image
-    from tiny_files import tiny_checkpoints
+    from bench.harness.comfy_server import ComfyServer
+    from bench.harness.node_harness import subject_image
+    from bench.harness.tiny_files import tiny_checkpoints
 
     server = ComfyServer(base)
     checkpoint = tiny_checkpoints()["sd15_tiny_clip.safetensors"]
@@ -99,15 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=100)
     args = parser.parse_args()
-    from comfy_runtime import import_comfy
+    from bench.harness.comfy_runtime import import_comfy
 
     import_comfy()
-    import workflow_files
-    from test_workflows import tiny
+    from bench.harness import workflow_files
 
     server, images = prepared_server(Path(tempfile.mkdtemp(prefix="hypersubject_soak_")))
     try:
-        result = run_soak(server, tiny(workflow_files.api("hypersubject_one_image")), images, args.prompts)
+        result = run_soak(server, workflow_files.tiny(workflow_files.api("hypersubject_one_image")), images, args.prompts)
     finally:
         server.stop()
     print(json.dumps({"prompts": result.prompts, "succeeded": result.succeeded, "seconds": round(result.seconds, 1),

@@ -7,7 +7,7 @@
 
 ComfyUI's ops skip weight init, so every tensor is drawn here explicitly: outputs are finite and differ by seed.
 CLIP weights come from NumPy's legacy `RandomState` so the same seed gives the same file on every platform.
-Needs ComfyUI importable (tests/comfy_runtime.py).
+Needs ComfyUI importable (bench/harness/comfy_runtime.py).
 """
 import json
 from pathlib import Path

@@ -20,8 +20,9 @@ def guidance_inputs() -> list:
     return [
         io.Model.Input("base_model", tooltip="The base model: follows the prompt. Other patches (e.g. RescaleCFG) "
                                              "stacked on it keep working."),
-        io.Model.Input("personalized_model", tooltip="Apply Predicted LoRA's output (fast: one batched UNet call per "
-                                                     "step), or any other MODEL (correct, slower)."),
+        io.Model.Input("personalized_model", tooltip="The base plus LoRAs on its Linear layers (Apply Predicted LoRA, "
+                                                     "LoraLoader): fast, one batched UNet call per step. Any other "
+                                                     "MODEL: correct, slower."),
         io.Conditioning.Input("positive", tooltip="The prompt."),
         io.Conditioning.Input("negative", tooltip="The negative prompt (the unconditional)."),
         io.Float.Input("s_text", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=S_TEXT_TIP),

@@ -1,12 +1,13 @@
 """The HM-CFG guider: base-model CFG plus s_subject·(ε_pers − ε_base) on the prompt (design.md, "HM-CFG").
 
-Fast path, when the personalized MODEL is the base + Apply Predicted LoRA: the LoRA is never merged; a copy of the
-positive cond with its own uuid marks the personalized rows, and [cond, uncond, personalized cond] run in ONE
-batched UNet call with a per-sample LoRA on the marked rows (comfyui-runtime.md §2.2, option iv).
+Fast path, when the personalized MODEL is the base plus LoRAs on Linear layers (Apply Predicted LoRA, or the stock
+LoraLoader with any files at any strength; `lora_patches`): those LoRAs are never merged; a copy of the positive cond
+with its own uuid marks the personalized rows, and [cond, uncond, personalized cond] run in ONE batched UNet call
+with the LoRAs per sample on the marked rows (comfyui-runtime.md §2.2, option iv).
 General path, for any other personalized MODEL: a second evaluation, switching the loaded weights with
 `load_models_gpu` each time, since two clones of one module cannot both be patched at once (§2.2, option i).
-Base path, when the personalized MODEL is the base itself or Apply Predicted LoRA applied nothing (no usable subject
-image, or strength 0): p = c, so HM-CFG is plain CFG on the base, evaluated exactly as the stock KSampler does.
+Base path, when the personalized MODEL adds nothing to the base (no usable subject image, strength 0, or the base
+itself): p = c, so HM-CFG is plain CFG on the base, evaluated exactly as the stock KSampler does.
 The recombination itself is the pure function `hypernet.fold_hm_cfg`; ComfyUI's own `sampling_function` still
 runs, so pre/post-CFG hooks, sampler_cfg_function patches (RescaleCFG) and CFG++ samplers keep working.
 """
@@ -18,32 +19,24 @@ import comfy.patcher_extension
 import comfy.samplers
 import torch
 
-from ..hypernet import PerSampleLoRA, fold_hm_cfg
-from .predicted_lora import FAST_PATH_KEY, FastPathMark
+from ..hypernet import PerSampleLoRA, PredictedLoRA, fold_hm_cfg
+from .lora_patches import added_linear_lora
 
 log = logging.getLogger(__name__)
 
 PERSONALIZED = uuid.UUID("5d0f9a52-6a43-4a8e-9a55-0b4bd3b4c6a1")  # namespace of the personalized cond copies
-PATHS = {"fast": "fast path: the predicted LoRA on the personalized rows of one batched UNet call per step",
+PATHS = {"fast": "fast path: the personalized MODEL's LoRAs on the personalized rows of one batched UNet call per step",
          "general": "general path: a second evaluation of the personalized MODEL per step, switching weights",
-         "base": "base path: the personalized MODEL is the base with nothing applied, so plain CFG on the base"}
+         "base": "base path: the personalized MODEL adds nothing to the base, so plain CFG on the base"}
 
 
-def fast_path_mark(base, personalized) -> FastPathMark | None:
-    """The Apply Predicted LoRA mark if `personalized` is exactly `base` + what Apply applied (perhaps nothing)."""
-    mark = personalized.get_attachment(FAST_PATH_KEY)
-    exact = (mark is not None and personalized.is_clone(base) and mark.base_uuid == base.patches_uuid
-             and mark.own_uuid == personalized.patches_uuid)
-    return mark if exact else None
-
-
-def guidance_path(base, personalized) -> tuple[str, FastPathMark | None]:
-    """('base', …) if `personalized` is `base` with nothing applied, ('fast', mark) if it is `base` + a predicted
-    LoRA, else ('general', None)."""
-    mark = fast_path_mark(base, personalized)
-    if personalized is base or (mark is not None and mark.lora is None):
-        return "base", mark
-    return ("fast", mark) if mark is not None else ("general", None)
+def guidance_path(base, personalized) -> tuple[str, PredictedLoRA | None]:
+    """('fast', its LoRA) if `personalized` is `base` plus LoRAs on Linear layers, ('base', None) if it adds nothing,
+    else ('general', None)."""
+    added = added_linear_lora(base, personalized)
+    if added is None:
+        return "general", None
+    return ("fast", added) if added.targets else ("base", None)
 
 
 class HMCFGGuider(comfy.samplers.CFGGuider):
@@ -51,17 +44,17 @@ class HMCFGGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, base, personalized, s_text: float, s_subject: float, start_percent: float = 0.0,
                  end_percent: float = 1.0):
-        self.path, mark = guidance_path(base, personalized)
+        self.path, added = guidance_path(base, personalized)
         model = base.clone()
         self.per_sample = None
         if self.path == "fast":
-            self.per_sample = PerSampleLoRA(model.model.diffusion_model, mark.lora, mark.strength)
+            self.per_sample = PerSampleLoRA(model.model.diffusion_model, added)
             self.marked_uuids = set()
             model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "hypersubject_hmcfg",
                                        self._apply_model_with_rows)
         # On the general path `personalized` is not an additional model: loading both clones of one UNet together
         # leaves either patch set live, so it is loaded in turn with the base (_personalized_prediction).
-        log.info("HM-CFG: %s", PATHS[self.path])
+        log.info("HM-CFG: %s%s", PATHS[self.path], f" ({len(added.targets)} layers)" if self.fast else "")
         super().__init__(model)
         self.personalized = personalized
         self.s_text, self.s_subject = s_text, s_subject

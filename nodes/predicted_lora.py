@@ -2,8 +2,6 @@
 import datetime
 import logging
 import os
-import uuid
-from dataclasses import dataclass
 
 import folder_paths
 import safetensors.torch
@@ -15,21 +13,6 @@ from .lora_files import lora_destination
 from .types import CATEGORY, Lora, SubjectLoRA
 
 log = logging.getLogger(__name__)
-
-FAST_PATH_KEY = "hypersubject_predicted_lora"
-
-
-@dataclass(frozen=True)
-class FastPathMark:
-    """Left on a MODEL by Apply Predicted LoRA: the model is the one with `base_uuid`'s patches + this LoRA (None:
-    nothing applied, the model is that base), as long as its own patches are still `own_uuid` (ComfyUI re-rolls a
-    patches_uuid on every change)."""
-
-    lora: PredictedLoRA | None
-    strength: float
-    base_uuid: uuid.UUID
-    own_uuid: uuid.UUID
-
 
 def check_family(model, lora: PredictedLoRA, net_name: str) -> None:
     found = family_of(model.model.diffusion_model)
@@ -73,9 +56,6 @@ class ApplyPredictedLoRA(io.ComfyNode):
                 raise ValueError(f"the MODEL has no weights {missing[:3]}… ({len(missing)} of {len(patches)} LoRA "
                                  f"targets missing): the hypernet '{subject_lora.net_name}' was trained for another "
                                  f"{lora.family} architecture; load the checkpoint it was trained for")
-        # marked even when nothing was applied, so that HM-CFG knows the result is exactly the base
-        personalized.set_attachments(FAST_PATH_KEY, FastPathMark(lora, strength, model.patches_uuid,
-                                                                 personalized.patches_uuid))
         return io.NodeOutput(personalized)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_runtime import comfyui_root, import_comfy
+from bench.harness.comfy_runtime import comfyui_root, import_comfy
 
 
 def files_under(folder: Path) -> set[str]:
@@ -44,7 +44,7 @@ def _seeded():
 @pytest.fixture(scope="session")
 def checkpoints():
     """Tiny real checkpoints, built once per machine into .cache/checkpoints (cheap: about 3 s)."""
-    from tiny_files import tiny_checkpoints
+    from bench.harness.tiny_files import tiny_checkpoints
 
     return tiny_checkpoints()
 
@@ -60,7 +60,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, checkpoints):
     """A real ComfyUI server with this pack and the tiny checkpoints; stopped by PID at the end."""
-    from comfy_server import ComfyServer
+    from bench.harness.comfy_server import ComfyServer
 
     instance = ComfyServer(tmp_path_factory.mktemp("comfyui"))
     for name in ("sd15_tiny.safetensors", "sd15_tiny_clip.safetensors"):
@@ -73,7 +73,7 @@ def server(tmp_path_factory, checkpoints):
 @pytest.fixture(scope="session")
 def pack(comfy_root, tmp_path_factory):
     """This pack loaded by ComfyUI's own custom-node loader, in-process; its node classes by node id."""
-    from node_harness import load_pack
+    from bench.harness.node_harness import load_pack
 
     return load_pack(tmp_path_factory.mktemp("custom_nodes"))
 
@@ -106,7 +106,7 @@ def served(server, hypernet_files):
 
     from PIL import Image
 
-    from node_harness import subject_image
+    from bench.harness.node_harness import subject_image
 
     folder = server.base / "models" / "hypersubject"
     folder.mkdir(exist_ok=True)

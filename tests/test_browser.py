@@ -1,9 +1,9 @@
 """The shipped workflows in the real ComfyUI front end: no missing nodes, widgets with tooltips, queued from the UI."""
 import pytest
 
-import workflow_files
-from comfy_runtime import REPO
-from test_workflows import tiny
+from bench.harness import workflow_files
+from bench.harness.comfy_runtime import REPO
+from bench.harness.workflow_files import tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -14,7 +14,7 @@ SCREENSHOTS = REPO / ".cache" / "screenshots"
 
 @pytest.fixture(scope="module")
 def front_end(served):
-    from browser import FrontEnd
+    from bench.harness.browser import FrontEnd
 
     ui = FrontEnd(served)
     yield ui

@@ -55,7 +55,7 @@ def test_tiny_checkpoints_are_deterministic_from_their_seed(comfy_root, tmp_path
 @pytest.mark.slow
 def test_the_random_vit_l_loads_with_the_stock_clip_vision_loader(comfy_root):
     import comfy.clip_vision
-    from tiny_files import tiny_clip_vision
+    from bench.harness.tiny_files import tiny_clip_vision
 
     clip_vision = comfy.clip_vision.load(str(tiny_clip_vision()))
     output = clip_vision.encode_image(torch.rand(2, 80, 64, 3))

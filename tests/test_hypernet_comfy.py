@@ -5,34 +5,9 @@ import logging
 import pytest
 import torch
 
+from bench.full_size import SD15_UNET, SDXL_UNET
+from bench.tiny_checkpoints import SD15_TINY_UNET as TINY_SD15_UNET
 from hypernet import (PerSampleLoRA, PredictedLoRA, family_of, find_targets, to_lora_state_dict)
-
-# Full UNet configs as ComfyUI's model_detection.unet_config_from_diffusers_unet spells them.
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "dtype": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-SDXL_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": 2816, "dtype": None, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-# The smallest UNet that CheckpointLoaderSimple detects as SD15 (design.md): one level, one input transformer.
-TINY_SD15_UNET = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [1],
-    "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [0, 0], "transformer_depth_middle": -2,
-    "context_dim": 768, "num_heads": 8, "num_head_channels": -1, "use_linear_in_transformer": False,
-    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None, "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
-
 
 def comfy_model(unet_config: dict, expected_class: str, device=None):
     """A ComfyUI BaseModel, built the way the checkpoint loader builds it once it has detected the config."""

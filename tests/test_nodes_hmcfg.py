@@ -1,14 +1,18 @@
 """HM-CFG against its formula, stock-KSampler equality, its three paths, and compatibility with samplers and patches."""
+import importlib
 import logging
+import re
 from collections import Counter
 
 import comfy.model_management
 import comfy.samplers
 import nodes
 import pytest
+import safetensors.torch
 import torch
 
-from node_harness import conditioning, model_folder, one_step_denoised, predicted_lora, run
+from hypernet import kohya_stem
+from bench.harness.node_harness import conditioning, model_folder, one_step_denoised, predicted_lora, run
 
 S_TEXT, S_SUBJECT = 4.0, 2.5
 
@@ -30,15 +34,15 @@ def single_model_prediction(model, cond, sigma):
     return one_step_denoised(guider, sigma)
 
 
-def formula_reference(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT):
-    u = single_model_prediction(setup["base"], setup["negative"], sigma)
-    c = single_model_prediction(setup["base"], setup["positive"], sigma)
+def formula_reference(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT, base=None):
+    u = single_model_prediction(base or setup["base"], setup["negative"], sigma)
+    c = single_model_prediction(base or setup["base"], setup["positive"], sigma)
     p = single_model_prediction(personalized, setup["positive"], sigma)
     return u + s_text * (c - u) + s_subject * (p - c), (p - c).abs().max()
 
 
-def hmcfg_prediction(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT, fast=None):
-    (guider,) = run(setup["pack_guider"], base_model=setup["base"], personalized_model=personalized,
+def hmcfg_prediction(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT, fast=None, base=None):
+    (guider,) = run(setup["pack_guider"], base_model=base or setup["base"], personalized_model=personalized,
                     positive=setup["positive"], negative=setup["negative"], s_text=s_text, s_subject=s_subject,
                     start_percent=0.0, end_percent=1.0)
     if fast is not None:
@@ -59,15 +63,82 @@ def test_the_fast_path_equals_the_formula_from_three_separate_evaluations(setup,
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
 
 
-@pytest.mark.parametrize("repeat", range(4))  # which clone's weights are live once depended on set order
-def test_the_general_path_equals_the_formula_for_a_stock_loraloader_model(setup, pack, tmp_path, repeat):
-    with model_folder("loras", tmp_path):
-        (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="general", subfolder="")
-        (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, 1.0)
-    assert (tmp_path / name).is_file()
-    base_before = single_model_prediction(setup["base"], setup["positive"], 1.0)
+def random_lora_file(folder, name: str, unet, modules: list[str], seed: int, rank: int = 2, alpha: float = 1.0) -> str:
+    """A kohya-named LoRA file on `modules` of `unet` (Linear or conv), random factors large enough to matter."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = dict(unet.named_parameters())
+    state = {}
+    for module_name in modules:
+        out_features, in_features, *kernel = weights[f"{module_name}.weight"].shape
+        stem = kohya_stem(f"diffusion_model.{module_name}")
+        state[f"{stem}.lora_down.weight"] = torch.randn(rank, in_features, *kernel, generator=generator) * 0.1
+        state[f"{stem}.lora_up.weight"] = torch.randn(out_features, rank, *[1] * len(kernel), generator=generator) * 0.1
+        state[f"{stem}.alpha"] = torch.tensor(alpha)
+    safetensors.torch.save_file(state, str(folder / f"{name}.safetensors"))
+    return f"{name}.safetensors"
+
+
+def switching_path_prediction(setup, personalized, sigma, monkeypatch, base=None):
+    """What the general path (a second evaluation, switching weights) gives for the same personalized MODEL."""
+    guider_module = importlib.import_module(setup["pack_guider"].__module__.rsplit(".", 1)[0] + ".hmcfg_guider")
+    with monkeypatch.context() as patch:
+        patch.setattr(guider_module, "guidance_path", lambda *_: ("general", None))
+        return hmcfg_prediction(setup, personalized, sigma, fast=False, base=base)
+
+
+def modules_matching(unet, pattern: str) -> list[str]:
+    return [name for name, _ in unet.named_modules() if re.search(pattern, name)]
+
+
+@pytest.fixture()
+def loras(tmp_path):
+    with model_folder("loras", tmp_path) as folder:
+        yield folder
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_a_saved_predicted_lora_through_the_stock_loraloader_takes_the_fast_path_and_equals_switching(
+        setup, pack, loras, strength, monkeypatch, caplog):
+    (name,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="subject", subfolder="")
+    (stock_personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], name, strength)
     expected, subject_effect = formula_reference(setup, stock_personalized, 1.0)
-    got = hmcfg_prediction(setup, stock_personalized, 1.0, fast=False)
+    with caplog.at_level(logging.INFO):
+        got = hmcfg_prediction(setup, stock_personalized, 1.0, fast=True)
+    switching = switching_path_prediction(setup, stock_personalized, 1.0, monkeypatch)
+    assert subject_effect > 1e-3
+    assert "HM-CFG: fast path" in caplog.text
+    for reference in (expected, switching):
+        assert (got - reference).abs().max() <= 1e-5 * max(1.0, reference.abs().max())
+
+
+def test_style_loras_on_both_models_and_a_subject_lora_on_one_take_the_fast_path_and_equal_switching(
+        setup, pack, loras, monkeypatch):
+    unet = setup["base"].model.diffusion_model
+    style = random_lora_file(loras, "style", unet, modules_matching(unet, r"attn1\.(to_q|to_v)$"), seed=1, rank=3,
+                             alpha=1.5)
+    second = random_lora_file(loras, "second", unet, modules_matching(unet, r"attn[12]\.to_q$"), seed=2)
+    (subject,) = run(pack["HyperSubjectSaveLoRA"], subject_lora=setup["lora"], name="subject", subfolder="")
+    (styled_base,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["base"], style, 0.7)
+    (personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(styled_base, subject, 1.0)
+    (personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(personalized, second, -0.5)  # stacks on to_q
+    expected, subject_effect = formula_reference(setup, personalized, 1.0, base=styled_base)
+    got = hmcfg_prediction(setup, personalized, 1.0, fast=True, base=styled_base)
+    switching = switching_path_prediction(setup, personalized, 1.0, monkeypatch, base=styled_base)
+    unstyled, _ = formula_reference(setup, personalized, 1.0)
+    assert subject_effect > 1e-3 and (unstyled - expected).abs().max() > 1e-3, "the style LoRA must matter"
+    for reference in (expected, switching):
+        assert (got - reference).abs().max() <= 1e-5 * max(1.0, reference.abs().max())
+
+
+@pytest.mark.parametrize("repeat", range(4))  # which clone's weights are live once depended on set order
+def test_a_lora_on_conv_layers_takes_the_general_path_and_equals_the_formula(setup, loras, repeat):
+    unet = setup["base"].model.diffusion_model
+    convs = [name.removesuffix(".weight") for name, p in unet.named_parameters() if p.ndim == 4 and p.shape[-1] == 3]
+    conv = random_lora_file(loras, "conv", unet, convs[:2], seed=3)
+    (personalized,) = nodes.LoraLoaderModelOnly().load_lora_model_only(setup["personalized"], conv, 1.0)
+    base_before = single_model_prediction(setup["base"], setup["positive"], 1.0)
+    expected, subject_effect = formula_reference(setup, personalized, 1.0)
+    got = hmcfg_prediction(setup, personalized, 1.0, fast=False)
     assert subject_effect > 1e-3
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
     assert torch.equal(single_model_prediction(setup["base"], setup["positive"], 1.0), base_before)

@@ -6,7 +6,7 @@ import pytest
 import safetensors
 import torch
 
-from node_harness import model_folder, predicted_lora, run
+from bench.harness.node_harness import model_folder, predicted_lora, run
 from test_nodes_hmcfg import single_model_prediction
 
 
@@ -23,7 +23,7 @@ def loras_dir(tmp_path):
 
 @pytest.fixture(scope="module")
 def cond(sd15):
-    from node_harness import conditioning
+    from bench.harness.node_harness import conditioning
 
     return conditioning(sd15[1], "a toy")
 

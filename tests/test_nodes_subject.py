@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from node_harness import predicted_lora, run, subject_image
+from bench.harness.node_harness import predicted_lora, run, subject_image
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_a_clip_vision_hypernet_without_clip_vision_names_the_encoder_to_load(pa
 @pytest.mark.slow
 def test_a_clip_vision_hypernet_encodes_with_the_stock_clip_vision_model(pack, hypernet_files):
     import comfy.clip_vision
-    from tiny_files import tiny_clip_vision
+    from bench.harness.tiny_files import tiny_clip_vision
 
     (net,) = run(pack["HyperSubjectLoader"], hypernet_name="tiny_clip_vision.safetensors")
     clip_vision = comfy.clip_vision.load(str(tiny_clip_vision()))

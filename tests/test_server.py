@@ -4,7 +4,7 @@ import io
 import pytest
 from PIL import Image
 
-from comfy_server import PACK_NAME, execution_error
+from bench.harness.comfy_server import PACK_NAME, execution_error
 
 pytestmark = pytest.mark.server
 
@@ -52,7 +52,7 @@ def test_a_requeued_graph_is_served_from_the_cache(server):
 
 
 def test_every_node_of_the_pack_appears_in_object_info_with_tooltips(server):
-    from node_harness import NODE_IDS
+    from bench.harness.node_harness import NODE_IDS
 
     info = server.get("/object_info")
     for node_id in NODE_IDS:

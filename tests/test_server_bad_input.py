@@ -3,10 +3,10 @@
 import pytest
 from PIL import Image
 
-import workflow_files
-from comfy_server import execution_error
-from node_harness import subject_image
-from test_workflows import run_ok, saved_images, tiny
+from bench.harness import workflow_files
+from bench.harness.comfy_server import execution_error
+from bench.harness.node_harness import subject_image
+from bench.harness.workflow_files import run_ok, saved_images, tiny
 
 pytestmark = pytest.mark.server
 
@@ -154,7 +154,7 @@ def matrix_files(served):
     import numpy as np
     import torch
 
-    from node_harness import subject_image
+    from bench.harness.node_harness import subject_image
 
     folder = served.base / "models" / "hypersubject"
     good = (folder / "tiny.safetensors").read_bytes()

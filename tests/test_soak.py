@@ -1,10 +1,6 @@
 """API batch soak: 100 HM-CFG + Save Predicted LoRA prompts through a real server, no failures and no leak."""
-import sys
-
 import pytest
 import safetensors
-
-from comfy_runtime import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -12,14 +8,12 @@ RSS_GROWTH_MB = 100  # allowed growth of the server's resident memory from promp
 
 
 def test_a_hundred_prompts_all_succeed_save_distinct_loras_and_do_not_grow_memory(tmp_path):
-    sys.path.insert(0, str(REPO / "workflows"))
-    import workflow_files
+    from bench.harness import workflow_files
     from bench.soak import prepared_server, run_soak
-    from test_workflows import tiny
 
     server, images = prepared_server(tmp_path)
     try:
-        result = run_soak(server, tiny(workflow_files.api("hypersubject_one_image")), images, 100)
+        result = run_soak(server, workflow_files.tiny(workflow_files.api("hypersubject_one_image")), images, 100)
     finally:
         server.stop()
     assert result.succeeded == result.prompts == 100

@@ -76,7 +76,7 @@ def test_the_sample_grid_shows_reference_base_personalized_and_hm_cfg_images_per
 def test_a_trained_checkpoint_is_loaded_encoded_predicted_and_applied_by_the_nodes(trained, pack, sd15, tmp_path):
     import comfy.samplers
     import folder_paths
-    from node_harness import conditioning, one_step_denoised, run
+    from bench.harness.node_harness import conditioning, one_step_denoised, run
 
     folder = tmp_path / "hypersubject"
     folder.mkdir()
@@ -242,7 +242,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_repeats_the_lost_step
 
 @pytest.mark.slow
 def test_a_hypernet_reading_clip_vision_tokens_trains_and_records_its_encoder(config, base):
-    from tiny_files import tiny_clip_vision
+    from bench.harness.tiny_files import tiny_clip_vision
 
     cfg = config(encoder="clip_vision", clip_vision=str(tiny_clip_vision()), max_steps=2, batch_size=1)
     record = trainer.train(cfg, base=base)

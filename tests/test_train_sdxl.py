@@ -11,7 +11,7 @@ from bench.tiny_checkpoints import tiny_sdxl
 from train import trainer
 from train.base_model import EncodedText, FrozenBase
 
-from node_harness import conditioning, one_step_denoised, run
+from bench.harness.node_harness import conditioning, one_step_denoised, run
 from train_runs import fixed_batch, losses_on, tiny_config
 
 

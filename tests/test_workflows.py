@@ -1,17 +1,12 @@
 """Every shipped workflow: its UI file and API twin agree, and the API twin runs end to end on a real server."""
-import io
 import json
 
 import pytest
-from PIL import Image
 
-import workflow_files
-from comfy_server import execution_error
+from bench.harness import workflow_files
+from bench.harness.workflow_files import run_ok, saved_images, tiny
 
 pytestmark = pytest.mark.server
-
-TINY = {"ckpt_name": "sd15_tiny_clip.safetensors", "hypernet_name": "tiny.safetensors",
-        "width": 64, "height": 64, "steps": 3}
 
 
 def test_there_are_ui_workflows_each_with_an_api_twin():
@@ -29,27 +24,6 @@ def test_the_ui_file_and_its_api_twin_describe_the_same_graph(server, name):
     assert converted == twin
 
 
-def tiny(graph: dict) -> dict:
-    """The workflow pointed at the tiny checkpoint and hypernet, at 64 px and 3 steps."""
-    for node in graph.values():
-        for key, value in TINY.items():
-            if key in node["inputs"] and not isinstance(node["inputs"][key], list):
-                node["inputs"][key] = value
-    return graph
-
-
-def run_ok(server, graph: dict) -> dict:
-    entry = server.run(graph)
-    assert execution_error(entry) is None, json.dumps(execution_error(entry))[:2000]
-    assert entry["status"]["status_str"] == "success"
-    return entry
-
-
-def saved_images(server, entry) -> list:
-    items = [item for output in entry["outputs"].values() for item in output.get("images", [])]
-    return [Image.open(io.BytesIO(server.output_bytes(item))) for item in items]
-
-
 @pytest.mark.parametrize("name", ["hypersubject_one_image", "hypersubject_several_references",
                                   "hypersubject_guider_custom_sampler"])
 def test_the_api_workflow_runs_end_to_end_and_returns_an_image(served, name):
@@ -58,16 +32,21 @@ def test_the_api_workflow_runs_end_to_end_and_returns_an_image(served, name):
     assert image.size == (64, 64)
 
 
-def test_the_saved_lora_workflow_feeds_the_stock_loraloader_workflow(served):
+@pytest.mark.parametrize("name, log_line", [("hypersubject_saved_lora_with_loraloader", None),
+                                             ("hypersubject_saved_lora_hmcfg", "HM-CFG: fast path")])
+def test_the_saved_lora_workflow_feeds_the_stock_loraloader_workflows(served, name, log_line):
     entry = run_ok(served, tiny(workflow_files.api("hypersubject_save_lora")))
     [saved_name] = [text for output in entry["outputs"].values() for text in output.get("text", [])]
     assert (served.base / "models" / "loras" / saved_name).is_file()
-    graph = tiny(workflow_files.api("hypersubject_saved_lora_with_loraloader"))
+    graph = tiny(workflow_files.api(name))
     for node in graph.values():
-        if node["class_type"] == "LoraLoader":
+        if node["class_type"] in ("LoraLoader", "LoraLoaderModelOnly"):
             node["inputs"]["lora_name"] = saved_name
+    log_before = len(served.log())
     [image] = saved_images(served, run_ok(served, graph))
     assert image.size == (64, 64)
+    if log_line:  # a saved predicted LoRA through LoraLoader runs on HM-CFG's one-call path
+        assert log_line in served.log()[log_before:]
 
 
 def test_a_requeue_is_served_from_cache_and_a_changed_hypernet_reruns_the_loader(served):

@@ -1,4 +1,5 @@
 """The miniature world's base model: checkpoint layout the stock loader detects as SD1.5, and a working train step."""
+import numpy as np
 import torch
 
 from bench.tiny_checkpoints import SD15_TINY_UNET
@@ -53,3 +54,23 @@ def test_the_training_step_lowers_the_loss_on_a_fixed_batch():
     optimizer = torch.optim.AdamW(model.diffusion_model.parameters(), lr=1e-3)
     losses = [train_step(model, optimizer, latents, context, torch.Generator().manual_seed(0)) for _ in range(6)]
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_the_subject_weight_weights_the_toys_latent_cells_and_zero_is_plain_mse():
+    from bench.world.base.train_unet import UNetConfig, diffusion_loss, training_batch
+    from bench.world.render import render, render_with_coverage
+
+    train, _ = split_subjects()
+    subject, context = train[0], all_contexts()[0]
+    image, coverage = render_with_coverage(subject, context, 64, np.random.default_rng(5))
+    assert np.array_equal(image, render(subject, context, 64, np.random.default_rng(5))) and 0 < coverage.mean() < 1
+    encodings = torch.zeros(len(caption_texts(described_contexts(train, 2, 0))), 77, 768)
+    identity_vae = type("Identity", (), {"encode": staticmethod(lambda x: x[:, :, ::8, ::8])})()
+    config = UNetConfig(batch=3, subject_weight=6.0, described_contexts=2)
+    _, _, weights = training_batch(config, 0, train, described_contexts(train, 2, 0), identity_vae, encodings)
+    assert weights.shape == (3, 1, 8, 8) and weights.min() == 1.0 and 1.0 < weights.max() <= 7.0
+    model = new_world_model(seed=0, unet_config={**SD15_TINY_UNET, "model_channels": 64})
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 768)
+    plain = diffusion_loss(model, latents, context, torch.Generator().manual_seed(0))
+    uniform = diffusion_loss(model, latents, context, torch.Generator().manual_seed(0), torch.full((2, 1, 8, 8), 3.0))
+    assert torch.allclose(plain, uniform)

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,8 +165,7 @@ def repo_relative(path: Path) -> str:
 
 def load_pack(work: Path) -> dict:
     """This pack loaded into the in-process ComfyUI (as custom_nodes/HyperSubject under `work`)."""
-    sys.path[:0] = [str(REPO / "tests")]
-    from node_harness import load_pack as load_pack_into
+    from bench.harness.node_harness import load_pack as load_pack_into
 
     (work / "custom_nodes").mkdir(parents=True, exist_ok=True)
     return load_pack_into(work / "custom_nodes")

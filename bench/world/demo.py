@@ -34,9 +34,9 @@ WORKFLOW = REPO / "workflows" / "api" / "hypersubject_one_image.json"
 
 def demo_graph(graph: dict, checkpoint: str, hypernet: str, image: str, text: str, seed: int) -> dict:
     """The shipped workflow with the world's files, 64 px latents, this subject image, prompt and seed."""
-    from queue_batch import personalize
+    from bench.harness.workflow_files import queue_batch
 
-    graph = personalize(graph, image, text, seed)
+    graph = queue_batch().personalize(graph, image, text, seed)
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
@@ -73,9 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    sys.path[:0] = [str(REPO / "tests"), str(REPO / "workflows")]
-    from comfy_server import ComfyServer, execution_error
-    from queue_batch import upload_image
+    from bench.harness.comfy_server import ComfyServer, execution_error
+    from bench.harness.workflow_files import queue_batch
 
     base = CACHE / "demo" / "comfyui"
     prepare_base_directory(base)
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
         for i, case in enumerate(cases):
             reference = args.out / "references" / f"toy_{case.subject.id}.png"
             save_png(case.reference, reference)
-            uploaded = upload_image(server.url, reference)
+            uploaded = queue_batch().upload_image(server.url, reference)
             line = [case.reference]
             for j, context in enumerate(case.prompts):
                 entry = server.run(demo_graph(graph, "world_sd15.safetensors", "world.safetensors", uploaded,

@@ -36,13 +36,19 @@ def placement(context: Context, rng: np.random.Generator | None = None) -> Place
 
 def render(subject: Subject, context: Context, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
     """The toy in its context: size×size×3 float32 in [0, 1]."""
+    return render_with_coverage(subject, context, size, rng)[0]
+
+
+def render_with_coverage(subject: Subject, context: Context, size: int = 64,
+                         rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`render`, and the fraction of each pixel the toy covers (outline included, size×size float32)."""
     outer, inner, second = _coverages(placement(context, rng), size)
     body_rgb = lit_colour(COLOURS[subject.body], context)
     second_rgb = lit_colour(COLOURS[subject.second], context)
     outline_rgb = lit_colour(OUTLINE_RGB, context)
     image = (lit_background(context) * (1 - outer) + outline_rgb * (outer - inner)
              + body_rgb * (inner - second) + second_rgb * second)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), outer[..., 0]
 
 
 def lit_colour(rgb: tuple[float, float, float], context: Context) -> np.ndarray:

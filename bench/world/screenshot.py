@@ -5,7 +5,7 @@ held-out toy of the miniature world.
 
 Starts ComfyUI on 127.0.0.1 (a free port, its own base directory) with the committed world checkpoint and hypernet
 (as the demo does), uploads one held-out toy's reference image, opens the front end in headless chromium
-(tests/browser.py), loads workflows/hypersubject_one_image.json and sets its widgets to the demo's graph (world files,
+(bench/harness/browser.py), loads workflows/hypersubject_one_image.json and sets its widgets to the demo's graph (world files,
 this image, a prompt that names another background, 64 px), clicks Run, waits for the image in Save Image, fits the
 whole graph into view and saves it as a JPEG. Closes the browser and stops the server by its PID.
 """
@@ -74,11 +74,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     started = time.monotonic()
-    sys.path[:0] = [str(REPO / "tests"), str(REPO / "workflows")]
-    import workflow_files
-    from browser import FrontEnd
-    from comfy_server import ComfyServer
-    from queue_batch import upload_image
+    from bench.harness import workflow_files
+    from bench.harness.browser import FrontEnd
+    from bench.harness.comfy_server import ComfyServer
 
     base = CACHE / "screenshot" / "comfyui"
     prepare_base_directory(base)
@@ -91,7 +89,7 @@ def main(argv=None) -> int:
     try:
         log.info("ComfyUI at %s (log: %s)", server.url, server.log_path)
         graph = demo_graph(json.loads(WORKFLOW.read_text()), "world_sd15.safetensors", "world.safetensors",
-                           upload_image(server.url, reference), text, seed=args.seed)
+                           workflow_files.queue_batch().upload_image(server.url, reference), text, seed=args.seed)
         front_end = FrontEnd(server, viewport=VIEWPORT)
         front_end.load(workflow_files.ui(NAME), NAME)
         front_end.set_widgets(graph)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ...tiny_checkpoints import init_fan_in_
 from ..contexts import Context, all_contexts, prompt, random_context
-from ..render import render
+from ..render import render_with_coverage
 from ..subjects import Subject, describe, split_subjects
 from train.state import load_optimizer, optimizer_tensors
 
@@ -51,6 +51,8 @@ class UNetConfig:
     caption_dropout: float = field(default=0.1, metadata={"help": "share of empty prompts (for CFG)"})
     describe_share: float = field(default=0.7, metadata={"help": "share of prompts that describe the toy's identity"})
     described_contexts: int = field(default=24, metadata={"help": "contexts per training subject with a description"})
+    subject_weight: float = field(default=0.0, metadata={
+        "help": "extra loss weight on the latent cells the toy covers (0: plain MSE); the toy is a few of 64 cells"})
     clip_seed: int = field(default=0, metadata={"help": "seed of the frozen random CLIP-L"})
     seed: int = field(default=0, metadata={"help": "init and data seed"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
@@ -127,8 +129,12 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
     return vae.encode(images * 2.0 - 1.0) * SD15_LATENT_SCALE
 
 
-def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Eps-prediction MSE at a uniform integer timestep, with ComfyUI's own noise scaling and input scaling."""
+def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, generator: torch.Generator,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eps-prediction MSE at a uniform integer timestep, with ComfyUI's own noise scaling and input scaling.
+
+    `weights` (batch, 1, h, w), when given, weights each latent cell's squared error (mean-normalized per sample).
+    """
     sampling = model.model_sampling
     t = torch.randint(0, len(sampling.sigmas), (len(latents),), generator=generator)
     sigma = sampling.sigmas[t]
@@ -136,12 +142,15 @@ def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, generato
     noisy = sampling.noise_scaling(sigma, noise, latents)  # x0 + sigma·eps
     eps = model.diffusion_model(sampling.calculate_input(sigma, noisy), sampling.timestep(sigma).float(),
                                 context=context)
-    return F.mse_loss(eps, noise)
+    if weights is None:
+        return F.mse_loss(eps, noise)
+    weights = weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+    return ((eps - noise) ** 2 * weights).mean()
 
 
-def train_step(model, optimizer, latents, context, generator) -> float:
+def train_step(model, optimizer, latents, context, generator, weights=None) -> float:
     """One optimizer step on one batch; returns the loss."""
-    loss = diffusion_loss(model, latents, context, generator)
+    loss = diffusion_loss(model, latents, context, generator, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -149,10 +158,11 @@ def train_step(model, optimizer, latents, context, generator) -> float:
 
 
 def training_batch(config: UNetConfig, step: int, subjects: list[Subject], described: list[tuple[Subject, Context]],
-                   vae, encodings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, prompt encodings) for one step, deterministic per step so a resumed run sees the same data."""
+                   vae, encodings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents, prompt encodings, loss weights per latent cell) for one step, deterministic per step so a resumed
+    run sees the same data."""
     rng = np.random.default_rng([config.seed, step])
-    images, index = [], []
+    images, coverages, index = [], [], []
     for _ in range(config.batch):
         draw = rng.random()
         if draw < config.describe_share:
@@ -161,10 +171,14 @@ def training_batch(config: UNetConfig, step: int, subjects: list[Subject], descr
         else:
             subject, context = subjects[int(rng.integers(len(subjects)))], random_context(rng)
             caption = EMPTY if draw > 1 - config.caption_dropout else all_contexts().index(context)
-        images.append(render(subject, context, 64, rng))
+        image, coverage = render_with_coverage(subject, context, 64, rng)
+        images.append(image)
+        coverages.append(coverage)
         index.append(caption)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return encode_latents(vae, batch), encodings[torch.tensor(index)]
+    latents = encode_latents(vae, batch)
+    cell_coverage = F.adaptive_avg_pool2d(torch.from_numpy(np.stack(coverages))[:, None], latents.shape[-2:])
+    return latents, encodings[torch.tensor(index)], 1.0 + config.subject_weight * cell_coverage
 
 
 @torch.no_grad()
@@ -201,10 +215,10 @@ def main(argv=None) -> None:
 
     curve, t0, last_save, losses = out.with_suffix(".jsonl"), time.time(), time.time(), []
     for step in range(start, config.steps):
-        latents, context = training_batch(config, step, subjects, described, vae, encodings)
+        latents, context, weights = training_batch(config, step, subjects, described, vae, encodings)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        losses.append(train_step(model, optimizer, latents, context, torch.Generator().manual_seed(step)))
+        losses.append(train_step(model, optimizer, latents, context, torch.Generator().manual_seed(step), weights))
         update_ema(ema, unet, config.ema_decay, step)
         if (step + 1) % 20 == 0:
             rate = (step + 1 - start) * config.batch / (time.time() - t0)

@@ -1,10 +1,18 @@
 """The shipped workflows: UI-format files, their API-format twins, and a UI → API converter driven by /object_info."""
+import functools
+import importlib.util
+import io
 import json
 
-from comfy_runtime import REPO
+from PIL import Image
+
+from .comfy_runtime import REPO
+from .comfy_server import execution_error
 
 WORKFLOWS = REPO / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+TINY = {"ckpt_name": "sd15_tiny_clip.safetensors", "hypernet_name": "tiny.safetensors",
+        "width": 64, "height": 64, "steps": 3}
 
 
 def names() -> list[str]:
@@ -51,3 +59,33 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = taken[0]
         graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return graph
+
+
+def tiny(graph: dict) -> dict:
+    """The workflow pointed at the tiny checkpoint and hypernet, at 64 px and 3 steps."""
+    for node in graph.values():
+        for key, value in TINY.items():
+            if key in node["inputs"] and not isinstance(node["inputs"][key], list):
+                node["inputs"][key] = value
+    return graph
+
+
+def run_ok(server, graph: dict) -> dict:
+    entry = server.run(graph)
+    assert execution_error(entry) is None, json.dumps(execution_error(entry))[:2000]
+    assert entry["status"]["status_str"] == "success"
+    return entry
+
+
+def saved_images(server, entry) -> list:
+    items = [item for output in entry["outputs"].values() for item in output.get("images", [])]
+    return [Image.open(io.BytesIO(server.output_bytes(item))) for item in items]
+
+
+@functools.cache
+def queue_batch():
+    """`workflows/queue_batch.py`, the standard-library batch script users run, as a module."""
+    spec = importlib.util.spec_from_file_location("queue_batch", WORKFLOWS / "queue_batch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

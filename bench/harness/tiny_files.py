@@ -1,7 +1,7 @@
 """Tiny test files cached per machine under .cache/ (rebuilt when the builder's version changes)."""
 from pathlib import Path
 
-from comfy_runtime import REPO, import_comfy
+from bench.harness.comfy_runtime import REPO, import_comfy
 
 CACHE = REPO / ".cache" / "checkpoints"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import websocket
 
-from comfy_runtime import REPO, comfyui_root
+from bench.harness.comfy_runtime import REPO, comfyui_root
 
 PACK_NAME = "HyperSubject"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from comfy_runtime import REPO
+from bench.harness.comfy_runtime import REPO
 
 NODE_IDS = ("HyperSubjectLoader", "HyperSubjectEncode", "HyperSubjectPredictLoRA", "HyperSubjectApplyLoRA",
             "HyperSubjectSaveLoRA", "HMCFGKSampler", "HMCFGGuider")
