@@ -89,12 +89,13 @@ def main(argv=None) -> None:
         fast_model, general_model = personalized_models(base, lora, Path(folder))
         made = guiders(pack, base, fast_model, general_model, positive, negative)
         rss_before = rss_mb()
-        timings = interleaved({label: (lambda g=guider: one_step_denoised(g, 1.0, shape)) for label, guider in made.items()},
-                              args.rounds, reference="plain CFG")
+        steps = {label: (lambda g=guider: one_step_denoised(g, 1.0, shape)) for label, guider in made.items()}
+        timings = interleaved(steps, args.rounds, reference="plain CFG")
     unet_mb = sum(p.numel() * p.element_size() for p in base.model.diffusion_model.parameters()) / 1e6
     factor_mb = sum(t.numel() * t.element_size() for t in (*lora.down.values(), *lora.up.values())) / 1e6
-    print(f"{args.unet} UNet ({unet_mb:,.0f} MB of weights, {len(lora.targets)} LoRA targets), {args.size}×{args.size} "
-          f"px, batch {args.batch}, {args.rounds} interleaved rounds, {torch.get_num_threads()} threads")
+    print(f"{args.unet} UNet ({unet_mb:,.0f} MB of weights, {len(lora.targets)} LoRA targets), "
+          f"{args.size}×{args.size} px, batch {args.batch}, {args.rounds} interleaved rounds, "
+          f"{torch.get_num_threads()} threads")
     print("| guidance | ms per step (median) | ratio to plain CFG (median, range) |\n|---|---|---|")
     for label, timing in timings.items():
         print(f"| {label} | {timing.seconds * 1000:,.1f} | {timing.ratio_text()} |")

@@ -109,3 +109,61 @@ def test_the_loader_yields_the_same_batches_with_or_without_worker_processes(tmp
     for a, b in zip(*runs):
         assert a["caption"] == b["caption"] and torch.equal(a["seed"], b["seed"])
         assert torch.equal(a["target"], b["target"]) and torch.equal(a["reference"], b["reference"])
+
+
+def write_masks(root: Path) -> None:
+    """<stem>.mask.png beside every image: white where the image is brighter than its background corner."""
+    for image_path in sorted(root.glob("*/*.png")):
+        pixels = np.asarray(Image.open(image_path).convert("RGB"), np.int16)
+        foreground = np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 30
+        mask = Image.fromarray((foreground * 255).astype(np.uint8), "L")
+        mask.save(image_path.with_name(image_path.stem + ".mask.png"))
+
+
+def test_masks_beside_images_are_found_and_are_never_training_images(tmp_path):
+    write_subjects(tmp_path, n_subjects=2, n_images=2)
+    write_masks(tmp_path)
+    subjects, _ = scan_subjects(str(tmp_path), "toy", "stop")
+    assert [len(s.images) for s in subjects] == [2, 2]
+    assert all(mask.name == image.stem + ".mask.png" for s in subjects for image, mask in zip(s.images, s.masks))
+
+
+def test_a_target_mask_gets_the_targets_own_random_crop_and_flip(tmp_path):
+    write_subjects(tmp_path, n_subjects=3, n_images=2, size=80)
+    write_masks(tmp_path)
+    subjects, _ = scan_subjects(str(tmp_path), "toy", "stop")
+    dataset = PairDataset(subjects, 32, flip=True, random_crop=True, masks=True)
+    plain = PairDataset(subjects, 32, flip=True, random_crop=True)
+    for index in range(len(dataset)):
+        for seed in range(4):
+            sample = dataset[(index, seed)]
+            assert torch.equal(sample["target"], plain[(index, seed)]["target"])  # masks change no draw
+            corner = sample["target"][0, 0] if sample["target_mask"][0, 0] < 0.5 else sample["target"][-1, -1]
+            foreground = (sample["target"] - corner).abs().sum(-1) > 0.3
+            agree = (foreground == (sample["target_mask"] > 0.5)).float().mean()
+            assert sample["target_mask"].shape == (32, 32) and agree > 0.9
+
+
+def test_a_missing_mask_is_named_with_the_file_to_add_when_masks_are_needed(tmp_path):
+    write_subjects(tmp_path, n_subjects=2, n_images=2)
+    write_masks(tmp_path)
+    (tmp_path / "subject_1" / "0.mask.png").unlink()
+    subjects, _ = scan_subjects(str(tmp_path), "toy", "stop")
+    with pytest.raises(ValueError, match=r"1 training images have no mask, e.g. .*subject_1/0.png: add 0.mask.png "
+                                         r"beside it .* or set subject_loss_weight = 0"):
+        PairDataset(subjects, 32, flip=False, random_crop=False, masks=True)
+    assert "target_mask" not in PairDataset(subjects, 32, flip=False, random_crop=False)[(0, 0)]
+
+
+def test_the_subject_loss_weight_weights_masked_cells_and_keeps_the_scale():
+    from train.trainer import denoising_loss
+
+    eps, noise = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    noise[:, :, :4] = 1.0  # errors only in the top half
+    top, bottom = torch.zeros(2, 64, 64), torch.zeros(2, 64, 64)
+    top[:, :32], bottom[:, 32:] = 1.0, 1.0
+    plain = denoising_loss(eps, noise, None, 0.0)
+    assert plain == 0.5 and denoising_loss(eps, noise, top, 0.0) == plain
+    assert torch.isclose(denoising_loss(eps, noise, torch.ones(2, 64, 64), 5.0), plain)  # uniform: plain MSE
+    assert torch.isclose(denoising_loss(eps, noise, top, 3.0), torch.tensor(4 / 5))  # weights 4 vs 1, mean 2.5
+    assert torch.isclose(denoising_loss(eps, noise, bottom, 3.0), torch.tensor(1 / 5))

@@ -118,6 +118,21 @@ def test_a_regularized_run_predicts_weights_of_smaller_norm_than_an_unregularize
     assert 0 < norms[1.0] < 0.01 * norms[0.0], norms
 
 
+def test_a_subject_weighted_run_trains_on_masked_data_and_a_run_without_masks_is_refused(tmp_path, checkpoints,
+                                                                                          base, data_dir):
+    from test_train_data import write_masks, write_subjects
+
+    masked = write_subjects(tmp_path / "masked")
+    write_masks(masked)
+    cfg = tiny_config(masked, checkpoints, tmp_path / "weighted", subject_loss_weight=4.0, max_steps=3, batch_size=2)
+    trainer.train(cfg, base=base)
+    records = [r for r in log_records(cfg) if "mse" in r]
+    assert len(records) == 3 and all(np.isfinite(r["mse"]) for r in records)
+    unmasked = tiny_config(data_dir, checkpoints, tmp_path / "unmasked", subject_loss_weight=4.0, max_steps=3)
+    with pytest.raises(ValueError, match="training images have no mask.*or set subject_loss_weight = 0"):
+        trainer.train(unmasked, base=base)
+
+
 def test_stopping_and_resuming_gives_exactly_the_weights_and_optimizer_state_of_an_uninterrupted_run(config, base):
     steps = dict(max_steps=6, ckpt_every=2, ema_decay=0.5, lr=1e-3, warmup_steps=2, batch_size=2)
     straight = config(out="straight", **steps)

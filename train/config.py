@@ -56,6 +56,10 @@ class TrainConfig:
     # objective
     reg_lambda: float = param(0.01, "coefficient of the L2 penalty on the predicted weights (mean over subjects of "
                                     "sum over layers of ||ΔW||²)", "objective")
+    subject_loss_weight: float = param(0.0, "extra weight of the denoising loss where the target's mask "
+                                            "(<image stem>.mask.png, white = subject) is white: weights 1 + this × "
+                                            "mask per latent cell, mean 1 per image; 0: plain MSE, no masks needed",
+                                       "objective")
 
     # optimization
     lr: float = param(1e-4, "peak learning rate (AdamW); cosine decay to lr/10 after the warmup", "optimization")
@@ -99,8 +103,8 @@ class TrainConfig:
                 raise ValueError(f"config {f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
         positive = ("image_size", "rank", "d_model", "n_heads", "token_dim", "encoder_width", "max_steps",
                     "batch_size", "grad_accum", "log_every", "ckpt_every", "divergence_window")
-        non_negative = ("n_layers", "held_out", "num_workers", "reg_lambda", "weight_decay", "warmup_steps",
-                        "grad_clip", "sample_every", "stop_at", "divergence_factor")
+        non_negative = ("n_layers", "held_out", "num_workers", "reg_lambda", "subject_loss_weight", "weight_decay",
+                        "warmup_steps", "grad_clip", "sample_every", "stop_at", "divergence_factor")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config {name} must be > 0, got {getattr(self, name)}")

@@ -1,5 +1,8 @@
 """Subject images on disk → training pairs (reference image, target image, caption) of one subject.
 
+An image may have a mask beside it, `<image stem>.mask.png` (white where the subject is), which the trainer's
+`subject_loss_weight` uses to weight the denoising loss towards the subject; mask files are never training images.
+
 Every random choice of a sample (reference image, crop, flip, and the trainer's noise and timestep) is drawn from a
 seed derived from (config seed, the sample's position in the global sample stream). So the data a step sees depends
 on the step alone: not on the number of ranks or DataLoader workers, nor on whether the run was resumed.
@@ -15,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MASK_SUFFIX = ".mask.png"
 RANDOM_CROP_MIN = 0.8  # a random crop keeps 80–100 % of the shorter side
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 
@@ -30,6 +34,26 @@ class Subject:
     id: str
     images: tuple[Path, ...]
     captions: tuple[str, ...]
+
+    @property
+    def masks(self) -> tuple[Path | None, ...]:
+        """Each image's mask file, or None where it has none."""
+        return tuple(mask if (mask := mask_path(image)).is_file() else None for image in self.images)
+
+
+def mask_path(image: Path) -> Path:
+    """Where the mask of `image` lies: `<stem>.mask.png` beside it."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
+def require_masks(subjects: list[Subject]) -> None:
+    """Every image of `subjects` has a mask, else a ValueError naming how many lack one, an example and the fix."""
+    missing = [image for s in subjects for image, mask in zip(s.images, s.masks) if mask is None]
+    if missing:
+        raise ValueError(f"subject_loss_weight > 0 weights the loss by each target image's mask, but {len(missing)} "
+                         f"training images have no mask, e.g. {missing[0]}: add "
+                         f"{mask_path(missing[0]).name} beside it (white where the subject is), or set "
+                         f"subject_loss_weight = 0")
 
 
 def scan_subjects(data_dir: str, class_word: str, on_bad_image: str, report: bool = True
@@ -66,7 +90,8 @@ def scan_subjects(data_dir: str, class_word: str, on_bad_image: str, report: boo
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.lower().endswith(MASK_SUFFIX))
 
 
 def _unreadable(path: Path) -> str | None:
@@ -107,9 +132,19 @@ def load_rgb(path: Path) -> Image.Image:
         raise BadImageError(f"cannot decode the image {path} ({e}); remove or replace it") from e
 
 
+def load_mask(path: Path, size: tuple[int, int]) -> Image.Image:
+    """A mask file as one 8-bit channel at the image's `size` (white: subject)."""
+    try:
+        with Image.open(path) as mask:
+            mask = ImageOps.exif_transpose(mask).convert("L")
+            return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
+    except _IMAGE_ERRORS as e:
+        raise BadImageError(f"cannot decode the mask {path} ({e}); remove or replace it") from e
+
+
 def to_square(image: Image.Image, size: int, rng: np.random.Generator, random_crop: bool, flip: bool
               ) -> torch.Tensor:
-    """A square crop (random position and scale, or the centre), maybe mirrored, resized → size×size×3 in [0, 1]."""
+    """A square crop (random position and scale, or the centre), maybe mirrored, resized → size×size×C in [0, 1]."""
     width, height = image.size
     side = min(width, height)
     if random_crop:
@@ -130,12 +165,16 @@ def sample_seed(seed: int, n: int) -> int:
 
 class PairDataset(torch.utils.data.Dataset):
     """Key (image index, sample seed) → target image, a *different* image of the same subject as reference (when
-    it has two or more), the target's caption, and the seed for the trainer's noise."""
+    it has two or more), the target's caption, and the seed for the trainer's noise; with `masks`, also the
+    target's mask, cropped and flipped with it."""
 
-    def __init__(self, subjects: list[Subject], image_size: int, flip: bool, random_crop: bool):
+    def __init__(self, subjects: list[Subject], image_size: int, flip: bool, random_crop: bool, masks: bool = False):
         self.subjects = subjects
         self.items = [(s, i) for s, subject in enumerate(subjects) for i in range(len(subject.images))]
         self.image_size, self.flip, self.random_crop = image_size, flip, random_crop
+        if masks:
+            require_masks(subjects)
+        self.masks = masks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -150,9 +189,15 @@ class PairDataset(torch.utils.data.Dataset):
             j = int(rng.integers(len(subject.images) - 1))
             j += j >= i
         view = dict(size=self.image_size, rng=rng, random_crop=self.random_crop, flip=self.flip)
-        return {"reference": to_square(load_rgb(subject.images[j]), **view),
-                "target": to_square(load_rgb(subject.images[i]), **view),
-                "caption": subject.captions[i], "seed": seed}
+        reference = to_square(load_rgb(subject.images[j]), **view)
+        target = load_rgb(subject.images[i])
+        crop_state = rng.bit_generator.state
+        item = {"reference": reference, "target": to_square(target, **view), "caption": subject.captions[i],
+                "seed": seed}
+        if self.masks:
+            rng.bit_generator.state = crop_state  # the same draws again: the target's own crop and flip
+            item["target_mask"] = to_square(load_mask(subject.masks[i], target.size), **view)
+        return item
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -188,11 +233,14 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack images (B×H×W×3) and seeds; captions stay a list."""
-    return {"reference": torch.stack([s["reference"] for s in samples]),
-            "target": torch.stack([s["target"] for s in samples]),
-            "caption": [s["caption"] for s in samples],
-            "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64)}
+    """Stack images (B×H×W×3), masks (B×H×W) and seeds; captions stay a list."""
+    batch = {"reference": torch.stack([s["reference"] for s in samples]),
+             "target": torch.stack([s["target"] for s in samples]),
+             "caption": [s["caption"] for s in samples],
+             "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64)}
+    if "target_mask" in samples[0]:
+        batch["target_mask"] = torch.stack([s["target_mask"] for s in samples])
+    return batch
 
 
 def make_loader(dataset: PairDataset, batches: StepBatches, num_workers: int) -> torch.utils.data.DataLoader:

@@ -72,7 +72,8 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
     # data
     subjects, skipped = scan_subjects(cfg.data_dir, cfg.class_word, cfg.on_bad_image, report=proc.is_main)
     train_subjects, held_out = split_held_out(subjects, cfg.held_out)
-    dataset = PairDataset(train_subjects, cfg.image_size, cfg.flip, cfg.crop == "random")
+    dataset = PairDataset(train_subjects, cfg.image_size, cfg.flip, cfg.crop == "random",
+                          masks=cfg.subject_loss_weight > 0)
 
     # frozen base model, the hypernet, its EMA, the optimizer
     import_comfy(cpu=proc.device.type == "cpu")
@@ -235,7 +236,7 @@ def autocast(device: torch.device, amp: str):
 
 @contextlib.contextmanager
 def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: FrozenClipVision | None = None,
-                 amp: str = "none"):
+                 amp: str = "none", subject_loss_weight: float = 0.0):
     """Yields (denoising MSE of the personalized UNet on the targets, mean predicted-weight L2 over the subjects).
 
     A context manager: the LoRA hooks stay on the UNet until the caller's backward pass is done, because gradient
@@ -251,7 +252,18 @@ def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: F
         with autocast(base.device, amp):
             x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
             eps = base.predict_noise(x_noisy, sigma, text)
-        yield F.mse_loss(eps, noise), weight_l2(lora.to(torch.float32)).mean()
+        yield denoising_loss(eps, noise, batch.get("target_mask"), subject_loss_weight), \
+            weight_l2(lora.to(torch.float32)).mean()
+
+
+def denoising_loss(eps: Tensor, noise: Tensor, masks: Tensor | None, subject_loss_weight: float) -> Tensor:
+    """MSE; with masks (B×H×W, 1 on the subject), each latent cell weighted 1 + w·(its mask coverage), mean 1 per
+    image, so that the subject's cells count more while the loss keeps its scale."""
+    if masks is None or subject_loss_weight == 0:
+        return F.mse_loss(eps, noise)
+    coverage = F.adaptive_avg_pool2d(masks[:, None].to(eps.device, torch.float32), eps.shape[-2:])
+    weights = 1.0 + subject_loss_weight * coverage
+    return ((eps.float() - noise.float()) ** 2 * (weights / weights.mean(dim=(1, 2, 3), keepdim=True))).mean()
 
 
 def accumulate_gradients(model: nn.Module, base: FrozenBase, clip_vision: FrozenClipVision | None,
@@ -261,7 +273,7 @@ def accumulate_gradients(model: nn.Module, base: FrozenBase, clip_vision: Frozen
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with batch_losses(model, base, batch, clip_vision, cfg.amp) as (mse, reg):
+            with batch_losses(model, base, batch, clip_vision, cfg.amp, cfg.subject_loss_weight) as (mse, reg):
                 scaler.scale((mse + cfg.reg_lambda * reg) / len(micro_batches)).backward()
         totals += torch.stack([mse.detach(), reg.detach()]) / len(micro_batches)
     mse, reg = distributed.mean_over_ranks(totals).tolist()

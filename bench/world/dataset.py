@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from .contexts import Context, prompt, random_context
-from .render import render
+from .render import render_with_coverage
 from .subjects import CLASS_WORD, Subject
 
 
@@ -25,8 +25,10 @@ def pairs(subjects: Sequence[Subject], n: int, seed: int = 0) -> Iterator[tuple[
 
 
 def write_subject_folders(root: str | Path, subjects: Sequence[Subject], images_per_subject: int, seed: int = 0,
-                          size: int = 64, jitter: bool = True, prefix: str = "subject") -> list[Path]:
-    """Write root/<prefix>_<id>/<k>.png in random contexts, each with a <k>.txt class-level caption; return the PNGs."""
+                          size: int = 64, jitter: bool = True, prefix: str = "subject", masks: bool = False
+                          ) -> list[Path]:
+    """Write root/<prefix>_<id>/<k>.png in random contexts, each with a <k>.txt class-level caption and, with
+    `masks`, the toy's coverage as <k>.mask.png (the trainer's subject_loss_weight); return the PNGs."""
     rng = np.random.default_rng(seed)
     written = []
     for subject in subjects:
@@ -34,8 +36,10 @@ def write_subject_folders(root: str | Path, subjects: Sequence[Subject], images_
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(images_per_subject):
             context = random_context(rng)
-            image = render(subject, context, size, rng if jitter else None)
+            image, coverage = render_with_coverage(subject, context, size, rng if jitter else None)
             save_png(image, folder / f"{k}.png")
+            if masks:
+                save_png(np.repeat(coverage[..., None], 3, axis=-1), folder / f"{k}.mask.png")
             (folder / f"{k}.txt").write_text(prompt(context, CLASS_WORD) + "\n")
             written.append(folder / f"{k}.png")
     return written

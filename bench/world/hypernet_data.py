@@ -1,5 +1,6 @@
-"""The world hypernet's training folder: every training subject in many contexts, plus two held-out subjects that
-the trainer shows in its sample grids (their folders sort last, where the trainer's `held_out` takes them from).
+"""The world hypernet's training folder: every training subject in many contexts, each image with the toy's mask
+(for `subject_loss_weight`), plus two held-out subjects that the trainer shows in its sample grids (their folders
+sort last, where the trainer's `held_out` takes them from).
 
     python -m bench.world.hypernet_data [--out .cache/world/hyper/data] [--images 48]
 """
@@ -21,7 +22,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     train, held_out = split_subjects()
     shutil.rmtree(args.out, ignore_errors=True)
-    write_subject_folders(args.out, train, args.images, seed=1)
+    write_subject_folders(args.out, train, args.images, seed=1, masks=True)
     write_subject_folders(args.out, held_out[:SHOWN_HELD_OUT], 4, seed=2, prefix="zz_held_out")
 
 
