@@ -156,6 +156,18 @@ def test_s_text_one_uses_the_cfg1_shortcut_and_still_matches(setup):
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
 
 
+@pytest.mark.parametrize("s_text, rows", [(1.0, 2), (4.0, 3)])
+def test_s_text_one_skips_the_unconditional_rows_on_the_fast_path(setup, s_text, rows):
+    seen = []
+    unet = setup["base"].model.diffusion_model
+    handle = unet.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        hmcfg_prediction(setup, setup["personalized"], 1.0, s_text=s_text, s_subject=2.0, fast=True)
+    finally:
+        handle.remove()
+    assert seen == [rows]  # one batched call: [cond, (uncond,) personalized cond]
+
+
 def ksampler_inputs(setup, **overrides):
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
     inputs = dict(seed=3, steps=4, sampler_name="euler", scheduler="normal", positive=setup["positive"],
