@@ -1,6 +1,6 @@
 """Cost of a hypernet training step as a ratio to a plain forward+backward of the frozen UNet, and its peak memory.
 
-    .venv/bin/python -m bench.train_speed [--unet tiny|sd15] [--batch 8] [--size 64] [--rounds 7]
+    .venv/bin/python -m bench.train_speed [--unet sd15] [--batch 8] [--size 64] [--rounds 7]
                                           [--grad-checkpointing] [--checkpoint PATH] [--config TOML]
 
 Plain: the frozen UNet's denoising loss, backward to the noisy input (activations only; no weight gradients).
@@ -9,7 +9,7 @@ LoRA: the same with per-sample LoRAs (leaf factors) on every attention projectio
 forward → backward into the hypernet → AdamW step. Times: the three kinds interleaved round by round in one process
 (`bench.measure.interleaved`), ratios as medians of per-round ratios with their range. Peak memory: each kind alone
 in a child process, resident memory sampled every 2 ms above the level just before its steps. `--unet sd15` is the
-full-size SD1.5 UNet with random weights (`bench.full_size`) with the checkpoint's CLIP-L and VAE.
+full-size SD1.5 UNet with random weights (`bench.full_size`) beside the checkpoint's CLIP-L and VAE.
 """
 import argparse
 import json
@@ -62,7 +62,7 @@ def step_functions(args) -> dict:
 
     checkpoint = args.checkpoint or str(tiny_checkpoints()["sd15_tiny_clip.safetensors"])
     base = FrozenBase.load(checkpoint, torch.device("cpu"))
-    if args.unet != "tiny":
+    if args.unet:
         base = FrozenBase(load_unet(args.unet)[0].model, base.clip, base.vae, torch.device("cpu"), source=args.unet)
     if args.grad_checkpointing:
         base.enable_grad_checkpointing()
@@ -112,13 +112,14 @@ def peak_memory(argv: list[str], kind: str) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unet", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--unet", choices=("tiny", "sd15"), help="replace the checkpoint's UNet by this one with "
+                                                                 "random weights (bench.full_size)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute the UNet's blocks in backward")
     parser.add_argument("--checkpoint", help="a full SD1.5-family checkpoint (default: the test checkpoint); with "
-                                             "--unet sd15 only its CLIP and VAE are used")
+                                             "--unet only its CLIP and VAE are used")
     parser.add_argument("--config", help="a trainer TOML file whose hypernet sizes to use (default: the trainer's)")
     parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -133,7 +134,8 @@ def main(argv=None) -> None:
     timings = interleaved(steps, args.rounds, reference="plain")
     del steps
     memory = {kind: peak_memory(argv, kind) for kind in KINDS}
-    print(f"{args.unet} UNet, batch {args.batch}, {args.size}×{args.size} px, {args.rounds} interleaved rounds, "
+    unet = args.unet or Path(args.checkpoint or "the test checkpoint").name
+    print(f"{unet} UNet, batch {args.batch}, {args.size}×{args.size} px, {args.rounds} interleaved rounds, "
           f"{torch.get_num_threads()} threads, gradient checkpointing {'on' if args.grad_checkpointing else 'off'}, "
           f"hypernet sizes from {args.config or 'the trainer defaults'}")
     print("| step | ms (median) | time ratio (median, range) | peak extra memory (MB) | memory ratio |\n"

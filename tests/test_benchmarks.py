@@ -68,8 +68,9 @@ def test_the_personalization_benchmark_runs_at_tiny_size():
     assert set(found) == {"one CFG step", "embedded CNN (128 px)"} and found["embedded CNN (128 px)"] > 0
 
 
-def test_the_training_benchmark_runs_at_tiny_size_with_gradient_checkpointing():
-    output = run_benchmark("bench.train_speed", "--rounds", "1", "--batch", "2", "--grad-checkpointing")
+def test_the_training_benchmark_runs_on_a_replaced_unet_with_gradient_checkpointing():
+    output = run_benchmark("bench.train_speed", "--unet", "tiny", "--rounds", "1", "--batch", "2",
+                           "--grad-checkpointing")
     found = ratios(output)
     assert set(found) == {"plain UNet forward+backward", "the same with per-sample LoRAs",
                           "whole hypernet training step"}
