@@ -91,3 +91,9 @@ def test_fine_tuned_loras_are_cached_per_subject_and_recomputed_when_a_setting_c
     assert any(not torch.equal(one[k], two[k]) for k in one)  # the snapshots differ
     compare.finetuned_loras(cases, checkpoint, 4, 2.0, (1, 2), tmp_path / "cache")
     assert cached.stat().st_mtime_ns != written
+    written = cached.stat().st_mtime_ns
+    retrained = bytearray(checkpoint.read_bytes())
+    retrained[-2] ^= 1  # another model at the same path, of the same size: a weight's low bit (safetensors data)
+    checkpoint.write_bytes(retrained)
+    compare.finetuned_loras(cases, checkpoint, 4, 2.0, (1, 2), tmp_path / "cache")
+    assert cached.stat().st_mtime_ns != written

@@ -11,6 +11,7 @@ KSampler (plain CFG) or HM-CFG KSampler; fine-tuned LoRAs go through ComfyUI's o
 (subject, prompt, seed) triples, drawn from --seed. Writes results.json, table.md and grid.png.
 """
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -74,9 +75,10 @@ def finetuned_loras(cases: list[Case], checkpoint: Path, rank: int, alpha: float
     from train.base_model import FrozenBase
 
     base, tuned = None, {}
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()  # a retrained model keeps the path and the size
     for i, case in enumerate(cases):
         path = cache / f"subject_{case.subject.id}.safetensors"
-        key = {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": checkpoint.stat().st_size,
+        key = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": digest,
                "reference_context": case.reference_context.to_dict(), "rank": rank, "alpha": alpha,
                "steps": list(steps), "seed": i}
         tuned[case.subject.id] = read_finetuned(path, key)
