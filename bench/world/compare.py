@@ -242,7 +242,7 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     results = [scores(row, cases) for row in rows]
     by_name = {row.name: row for row in rows}
     middle = sorted(args.finetune_steps)[len(args.finetune_steps) // 2]
-    grid(by_name, cases, [ORACLE, CLASS_LEVEL, finetuned(middle), HYPERNET, hypernet_hm_cfg(args.hm_cfg[0])],
+    grid(by_name, cases, [ORACLE, CLASS_LEVEL, finetuned(middle), HYPERNET, hypernet_hm_cfg(max(args.hm_cfg))],
          args.out / "grid.png")
     setup = {"seed": args.seed, "subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG,
              "s_text": CFG, **SAMPLER, "vae_psnr": vae_psnr,
