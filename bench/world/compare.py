@@ -169,8 +169,10 @@ def load_pack(work: Path) -> dict:
     """This pack loaded into the in-process ComfyUI (as custom_nodes/HyperSubject under `work`)."""
     from bench.harness.node_harness import load_pack as load_pack_into
 
-    (work / "custom_nodes").mkdir(parents=True, exist_ok=True)
-    return load_pack_into(work / "custom_nodes")
+    custom_nodes = work / "custom_nodes"
+    shutil.rmtree(custom_nodes, ignore_errors=True)  # an earlier run's link to the pack (rmtree never follows it)
+    custom_nodes.mkdir(parents=True)
+    return load_pack_into(custom_nodes)
 
 
 def add_hypernets(hypernets: dict[str, Path], folder: Path) -> None:
