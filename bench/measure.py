@@ -21,7 +21,7 @@ class Timing:
     ratio_max: float
 
     def ratio_text(self) -> str:
-        return f"{self.ratio:.2f}× ({self.ratio_min:.2f}–{self.ratio_max:.2f})"
+        return f"{self.ratio:.3g}× ({self.ratio_min:.3g}–{self.ratio_max:.3g})"
 
 
 def interleaved(kinds: dict[str, Callable[[], object]], rounds: int, reference: str) -> dict[str, Timing]:
