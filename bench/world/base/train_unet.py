@@ -28,6 +28,7 @@ from ..contexts import Context, all_contexts, prompt, random_context
 from ..render import render_with_coverage
 from ..subjects import Subject, describe, split_subjects
 from train.state import load_optimizer, optimizer_tensors
+from train.trainer import subject_cell_weights, weighted_mse
 
 from .build import WORLD_UNET
 from .common import CACHE, append_jsonl, import_comfy, load_state, parse_config, save_state, setup_logging
@@ -142,10 +143,7 @@ def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, generato
     noisy = sampling.noise_scaling(sigma, noise, latents)  # x0 + sigma·eps
     eps = model.diffusion_model(sampling.calculate_input(sigma, noisy), sampling.timestep(sigma).float(),
                                 context=context)
-    if weights is None:
-        return F.mse_loss(eps, noise)
-    weights = weights / weights.mean(dim=(1, 2, 3), keepdim=True)
-    return ((eps - noise) ** 2 * weights).mean()
+    return F.mse_loss(eps, noise) if weights is None else weighted_mse(eps, noise, weights)
 
 
 def train_step(model, optimizer, latents, context, generator, weights=None) -> float:
@@ -177,8 +175,8 @@ def training_batch(config: UNetConfig, step: int, subjects: list[Subject], descr
         index.append(caption)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     latents = encode_latents(vae, batch)
-    cell_coverage = F.adaptive_avg_pool2d(torch.from_numpy(np.stack(coverages))[:, None], latents.shape[-2:])
-    return latents, encodings[torch.tensor(index)], 1.0 + config.subject_weight * cell_coverage
+    weights = subject_cell_weights(torch.from_numpy(np.stack(coverages)), latents.shape[-2:], config.subject_weight)
+    return latents, encodings[torch.tensor(index)], weights
 
 
 @torch.no_grad()
