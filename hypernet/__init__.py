@@ -8,7 +8,7 @@ from .hmcfg import fold_hm_cfg, fold_into_cond, hm_cfg
 from .lora import PredictedLoRA, kohya_stem, to_lora_state_dict
 from .network import HyperNet, ParameterCount, count_parameters
 from .per_sample import PerSampleLoRA
-from .regularization import weight_l2
+from .regularization import lora_inner, relative_distance, weight_l2
 from .targets import (ATTENTION_PATTERN, FAMILIES, FamilySpec, Target, family_for_context_dim, family_of,
                       find_targets)
 
@@ -17,5 +17,6 @@ __all__ = [
     "EncoderSpec", "FAMILIES", "FORMAT_VERSION", "FamilySpec", "HyperNet", "HyperNetConfig", "ParameterCount",
     "PerSampleLoRA", "PredictedLoRA", "Target", "WeightDecoder", "combine_references", "count_parameters",
     "family_for_context_dim", "family_of", "find_targets", "fold_hm_cfg", "fold_into_cond", "hm_cfg", "kohya_stem",
-    "load", "resize_center_crop", "save", "to_lora_state_dict", "to_rgb", "weight_l2", "write_atomic",
+    "load", "lora_inner", "relative_distance", "resize_center_crop", "save", "to_lora_state_dict", "to_rgb",
+    "weight_l2", "write_atomic",
 ]

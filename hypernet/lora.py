@@ -36,6 +36,11 @@ class PredictedLoRA:
         return PredictedLoRA(self.targets, {n: d[sl] for n, d in self.down.items()},
                              {n: u[sl] for n, u in self.up.items()}, self.rank, self.alpha, self.family)
 
+    def select(self, indices: Tensor) -> "PredictedLoRA":
+        """The LoRAs of the subjects `indices` (1-D, repeats allowed), in that order."""
+        return PredictedLoRA(self.targets, {n: d[indices] for n, d in self.down.items()},
+                             {n: u[indices] for n, u in self.up.items()}, self.rank, self.alpha, self.family)
+
     def delta(self, name: str, k: int = 0) -> Tensor:
         """ΔW of target `name` for subject k: scale·up@down, shape [out, in]."""
         return self.scale * (self.up[name][k] @ self.down[name][k])

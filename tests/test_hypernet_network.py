@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load, save
 
 from hypernet import (EmbeddedEncoder, EncoderSpec, HyperNet, HyperNetConfig, PredictedLoRA, Target,
-                      combine_references, count_parameters, to_lora_state_dict, weight_l2)
+                      combine_references, count_parameters, relative_distance, to_lora_state_dict, weight_l2)
 
 TARGETS = (
     Target("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q", 16, 16),
@@ -51,6 +51,25 @@ def test_weight_l2_equals_the_squared_frobenius_norm_of_the_explicit_product_in_
     explicit = torch.stack([sum((0.5 * up[t.name][i] @ down[t.name][i]).square().sum() for t in TARGETS)
                             for i in range(k)])
     assert torch.allclose(weight_l2(lora), explicit, rtol=1e-12, atol=0)
+
+
+def random_lora(k: int, r: int, alpha: float) -> PredictedLoRA:
+    down = {t.name: torch.randn(k, r, t.in_features, dtype=torch.float64) for t in TARGETS}
+    up = {t.name: torch.randn(k, t.out_features, r, dtype=torch.float64) for t in TARGETS}
+    return PredictedLoRA(list(TARGETS), down, up, rank=r, alpha=alpha, family="sd15")
+
+
+def test_the_relative_distance_to_a_teacher_of_another_rank_matches_the_explicit_products_in_float64():
+    lora, teacher = random_lora(3, 4, 2.0), random_lora(3, 6, 3.0)
+    explicit = torch.stack([sum((lora.delta(t.name, i) - teacher.delta(t.name, i)).square().sum() for t in TARGETS)
+                            / sum(teacher.delta(t.name, i).square().sum() for t in TARGETS) for i in range(3)])
+    assert torch.allclose(relative_distance(lora, teacher), explicit, rtol=1e-10, atol=0)
+    assert torch.allclose(relative_distance(teacher, teacher), torch.zeros(3, dtype=torch.float64), atol=1e-10)
+    zero = PredictedLoRA(lora.targets, lora.down, {n: torch.zeros_like(u) for n, u in lora.up.items()}, 4, 2.0, "sd15")
+    assert torch.allclose(relative_distance(zero, teacher), torch.ones(3, dtype=torch.float64), rtol=1e-12)
+    picked = teacher.select(torch.tensor([2, 0, 2]))
+    assert torch.equal(picked.delta(TARGETS[0].name, 0), teacher.delta(TARGETS[0].name, 2))
+    assert torch.equal(picked.delta(TARGETS[0].name, 1), teacher.delta(TARGETS[0].name, 0))
 
 
 def test_weight_l2_is_invariant_to_rescaling_up_and_down_in_opposite_directions():

@@ -156,7 +156,7 @@ def test_a_missing_mask_is_named_with_the_file_to_add_when_masks_are_needed(tmp_
 
 
 def test_the_subject_loss_weight_weights_masked_cells_and_keeps_the_scale():
-    from train.trainer import denoising_loss
+    from train.losses import denoising_loss
 
     eps, noise = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
     noise[:, :, :4] = 1.0  # errors only in the top half

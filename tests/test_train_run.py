@@ -184,8 +184,8 @@ def test_gradient_checkpointing_gives_the_same_hypernet_gradients_and_keeps_fewe
         saved = []
         with contextlib.ExitStack() as stack:
             with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
-                mse, reg = stack.enter_context(trainer.batch_losses(trainer.SubjectToLoRA(net), frozen, batch))
-            (mse + reg).backward()
+                losses = stack.enter_context(trainer.batch_losses(trainer.SubjectToLoRA(net), frozen, batch))
+            (losses["mse"] + losses["reg"]).backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
         kept.append(sum(saved))
     assert grads[0].abs().max() > 0

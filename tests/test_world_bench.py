@@ -74,6 +74,14 @@ def test_the_identity_gap_compares_the_same_noise_with_own_shuffled_and_no_lora(
     assert untrained["own"] == untrained["shuffled"] == untrained["none"] == trained["none"]
 
 
+def test_the_committed_hypernet_gives_each_held_out_toy_a_lora_of_its_own(comfy_root, tmp_path):
+    """Its LoRA from a toy's reference denoises the toy's other images better than another toy's LoRA does."""
+    base = FrozenBase.load(str(stock_loadable(demo.BASE_MODEL, tmp_path)), torch.device("cpu"))
+    net, _ = hypernet.load(str(demo.HYPERNET))
+    gap = identity_gap(base, net, pair_batch(64, seed=1))
+    assert gap["own"] < 0.97 * gap["shuffled"], gap
+
+
 def test_fine_tuned_loras_are_cached_per_subject_and_recomputed_when_a_setting_changes(comfy_root, tmp_path):
     checkpoint = stock_loadable(demo.BASE_MODEL, tmp_path)
     cases = compare.make_cases(1, 1, seed=0)

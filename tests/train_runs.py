@@ -33,8 +33,8 @@ def fixed_batch(cfg: TrainConfig) -> dict:
 
 def losses_on(net: hypernet.HyperNet, base: FrozenBase, batch: dict) -> tuple[float, float]:
     """(denoising MSE, mean weight L2) of `net`'s LoRAs on `batch`."""
-    with torch.no_grad(), trainer.batch_losses(trainer.SubjectToLoRA(net), base, batch) as (mse, reg):
-        return mse.item(), reg.item()
+    with torch.no_grad(), trainer.batch_losses(trainer.SubjectToLoRA(net), base, batch) as losses:
+        return losses["mse"].item(), losses["reg"].item()
 
 
 def log_records(cfg: TrainConfig) -> list[dict]:

@@ -11,10 +11,12 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package (pip in
     import tomli as tomllib
 
 # Fields that may differ between a run and its resumption: what is reported, when and where, and when a run stops;
-# and lr, grad_clip and reg_lambda, the knobs to turn before resuming a run that the divergence guard stopped (they
-# change the math from the resumed step on). The divergence fields are absent from runs written before they existed.
+# lr, grad_clip and reg_lambda, the knobs to turn before resuming a run that the divergence guard stopped; and the
+# weights of the losses, so that a run can go on to a second stage with another objective (these change the math from
+# the resumed step on).
 RESUMABLE_CHANGES = frozenset({"resume", "stop_at", "log_every", "ckpt_every", "sample_every", "num_workers",
-                               "out_dir", "divergence_factor", "divergence_window", "lr", "grad_clip", "reg_lambda"})
+                               "out_dir", "divergence_factor", "divergence_window", "lr", "grad_clip", "reg_lambda",
+                               "denoising_weight", "teacher_weight"})
 
 
 def param(default, help: str, group: str, choices: tuple | None = None):
@@ -60,6 +62,13 @@ class TrainConfig:
                                             "(<image stem>.mask.png, white = subject) is white: weights 1 + this × "
                                             "mask per latent cell, mean 1 per image; 0: plain MSE, no masks needed",
                                        "objective")
+    denoising_weight: float = param(1.0, "weight of the denoising loss (0: train on the teacher loss alone, without "
+                                         "running the UNet: a fast first stage)", "objective")
+    teacher_weight: float = param(0.0, "weight of the weight-space loss: the predicted LoRA's squared distance to "
+                                       "the subject's teacher LoRA, relative to the teacher's (HyperDreamBooth's "
+                                       "recipe); teachers from python -m train.teachers", "objective")
+    teacher_dir: str = param("", "folder of teacher LoRAs, <subject id>.safetensors for every training subject",
+                             "objective")
 
     # optimization
     lr: float = param(1e-4, "peak learning rate (AdamW); cosine decay to lr/10 after the warmup", "optimization")
@@ -103,8 +112,9 @@ class TrainConfig:
                 raise ValueError(f"config {f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
         positive = ("image_size", "rank", "d_model", "n_heads", "token_dim", "encoder_width", "max_steps",
                     "batch_size", "grad_accum", "log_every", "ckpt_every", "divergence_window")
-        non_negative = ("n_layers", "held_out", "num_workers", "reg_lambda", "subject_loss_weight", "weight_decay",
-                        "warmup_steps", "grad_clip", "sample_every", "stop_at", "divergence_factor")
+        non_negative = ("n_layers", "held_out", "num_workers", "reg_lambda", "subject_loss_weight",
+                        "denoising_weight", "teacher_weight", "weight_decay", "warmup_steps", "grad_clip",
+                        "sample_every", "stop_at", "divergence_factor")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config {name} must be > 0, got {getattr(self, name)}")
@@ -125,6 +135,12 @@ class TrainConfig:
                              f"got {self.encoder_width}")
         if self.d_model % self.n_heads:
             raise ValueError(f"config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.denoising_weight == 0 and self.teacher_weight == 0:
+            raise ValueError("config denoising_weight and teacher_weight are both 0: nothing to train on; set "
+                             "denoising_weight > 0, or teacher_weight > 0 with teacher_dir")
+        if self.teacher_weight > 0 and not self.teacher_dir:
+            raise ValueError("config teacher_weight > 0 needs teacher_dir = the folder of the teacher LoRAs "
+                             "(python -m train.teachers makes them)")
         if self.encoder == "clip_vision" and not self.clip_vision:
             raise ValueError("config encoder = 'clip_vision' needs clip_vision = the path of a CLIP vision "
                              ".safetensors file")
@@ -155,6 +171,9 @@ class TrainConfig:
         return cls.from_dict({**values, **overrides})
 
 
+FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}  # also what a run from before a field had
+
+
 def _checked(f: dataclasses.Field, value):
     """`value` as the type of field `f` (an int is accepted for a float), or a ValueError."""
     kind = _field_type(f)
@@ -183,10 +202,12 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m train",
+                 description: str = "Train a HyperSubject hypernetwork. Options override the --config TOML file, "
+                                    "which overrides the defaults.") -> argparse.ArgumentParser:
     """`--config FILE` plus one `--<field>` option per config field, typed and documented from the dataclass."""
-    parser = argparse.ArgumentParser(prog="python -m train", description="Train a HyperSubject hypernetwork. "
-                                     "Options override the --config TOML file, which overrides the defaults.")
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML config file (see train/example.toml)")
     add_config_options(parser, TrainConfig)
     return parser
@@ -208,10 +229,15 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
 
 def parse_cli(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     """The config from the command line, and where it came from (for error messages)."""
-    args = vars(build_parser().parse_args(argv))
+    return config_from_args(vars(build_parser().parse_args(argv)))
+
+
+def config_from_args(args: dict) -> tuple[TrainConfig, str]:
+    """The config from parsed `--config` and `--<field>` options, and where it came from; a bad one exits."""
     path = args.pop("config", None)
     try:
         config = TrainConfig.from_toml(path, **args) if path else TrainConfig.from_dict(args)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     return config, path or "the command line"
+

@@ -165,8 +165,8 @@ def sample_seed(seed: int, n: int) -> int:
 
 class PairDataset(torch.utils.data.Dataset):
     """Key (image index, sample seed) → target image, a *different* image of the same subject as reference (when
-    it has two or more), the target's caption, and the seed for the trainer's noise; with `masks`, also the
-    target's mask, cropped and flipped with it."""
+    it has two or more), the target's caption, the seed for the trainer's noise and the subject's index in
+    `subjects`; with `masks`, also the target's mask, cropped and flipped with it."""
 
     def __init__(self, subjects: list[Subject], image_size: int, flip: bool, random_crop: bool, masks: bool = False):
         self.subjects = subjects
@@ -193,7 +193,7 @@ class PairDataset(torch.utils.data.Dataset):
         target = load_rgb(subject.images[i])
         crop_state = rng.bit_generator.state
         item = {"reference": reference, "target": to_square(target, **view), "caption": subject.captions[i],
-                "seed": seed}
+                "seed": seed, "subject": s}
         if self.masks:
             rng.bit_generator.state = crop_state  # the same draws again: the target's own crop and flip
             item["target_mask"] = to_square(load_mask(subject.masks[i], target.size), **view)
@@ -233,11 +233,12 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack images (B×H×W×3), masks (B×H×W) and seeds; captions stay a list."""
+    """Stack images (B×H×W×3), masks (B×H×W), seeds and subject indices; captions stay a list."""
     batch = {"reference": torch.stack([s["reference"] for s in samples]),
              "target": torch.stack([s["target"] for s in samples]),
              "caption": [s["caption"] for s in samples],
-             "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64)}
+             "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.int64),
+             "subject": torch.tensor([s["subject"] for s in samples], dtype=torch.int64)}
     if "target_mask" in samples[0]:
         batch["target_mask"] = torch.stack([s["target_mask"] for s in samples])
     return batch

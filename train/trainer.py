@@ -3,6 +3,9 @@
 Objective (the paper's): the ordinary denoising loss of the base UNet adapted by the LoRA that the hypernet predicts
 from a *reference* image of the subject, on a *target* image of the same subject, plus reg_lambda × the L2 norm of
 the predicted weights. Row i of a batch carries subject i's LoRA (PerSampleLoRA), so a batch trains on many subjects.
+Optionally (HyperDreamBooth's recipe) teacher_weight × the predicted LoRA's relative distance to a LoRA fine-tuned on
+the subject beforehand (train/teachers.py): a direct target for the weights, where the denoising loss carries the
+subject only in a small part of its value; with denoising_weight 0 the UNet is not run at all.
 """
 import collections
 import contextlib
@@ -15,22 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import hypernet
 from hypernet import (CLIP_VISION_TOKEN_DIMS, EncoderSpec, HyperNet, HyperNetConfig, PerSampleLoRA, PredictedLoRA,
-                      count_parameters, family_of, find_targets, weight_l2)
+                      count_parameters, family_of, find_targets, relative_distance, weight_l2)
 
 from . import distributed
 from .base_model import FrozenBase, FrozenClipVision, import_comfy, unet_dtype
-from .config import RESUMABLE_CHANGES, TrainConfig, parse_cli
+from .config import FIELD_DEFAULTS, RESUMABLE_CHANGES, TrainConfig, parse_cli
 from .data import PairDataset, StepBatches, load_rgb, make_loader, scan_subjects, split_held_out, to_square
 from .ema import EMA
+from .losses import denoising_loss
 from .preview import sample_grid, save_grid
 from .state import read_resume, restore, save_resume
+from .teacher_files import load_teachers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ HYPERNET_FILE = "hypernet.safetensors"
 RESUME_FILE = "resume.safetensors"
 LOG_FILE = "log.jsonl"
 MIN_LR_RATIO = 0.1  # the cosine schedule ends at lr / 10
-WATCHED = {"mse": "the denoising loss", "reg": "the weight L2 (regularizer)"}  # what DivergenceGuard compares
+# what DivergenceGuard compares, where a run has it
+WATCHED = {"mse": "the denoising loss", "reg": "the weight L2 (regularizer)", "teacher": "the teacher loss"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,6 +88,9 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
         base.enable_grad_checkpointing()
     clip_vision = FrozenClipVision(cfg.clip_vision) if cfg.encoder == "clip_vision" else None
     net = build_hypernet(cfg, base, clip_vision).to(proc.device)
+    teachers = None
+    if cfg.teacher_weight > 0:
+        teachers = load_teachers(cfg.teacher_dir, train_subjects, net.config.targets, net.config.family).to(proc.device)
     ema = EMA(net, cfg.ema_decay)
     optimizer = make_optimizer(net, cfg)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=cfg.amp == "fp16")
@@ -107,7 +115,7 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
         started = time.perf_counter()
         lr = set_learning_rate(optimizer, cfg, step)
         micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
-        losses = accumulate_gradients(model, base, clip_vision, micro_batches, cfg, scaler)
+        losses = accumulate_gradients(model, base, clip_vision, teachers, micro_batches, cfg, scaler)
         diverged = guard.check(losses)
         if diverged:
             raise TrainingDiverged(divergence_message(diverged, step + 1, saved_step, out_dir, source, cfg))
@@ -117,7 +125,7 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
         seconds = time.perf_counter() - started
         record = {"step": step, **losses, "lr": lr, "grad_norm": grad_norm, "samples_per_s": global_batch / seconds}
         bar.update(1)
-        bar.set_postfix(loss=f"{losses['loss']:.4f}", mse=f"{losses['mse']:.4f}", reg=f"{losses['reg']:.3g}",
+        bar.set_postfix(**{name: f"{value:.4g}" for name, value in losses.items()},
                         samples_s=f"{global_batch / seconds:.1f}")
         if step % cfg.log_every == 0 or step == end:
             run_log.write(record)
@@ -144,7 +152,8 @@ def open_run(cfg: TrainConfig, out_dir: Path, proc: distributed.Process) -> tupl
     if not path.is_file():
         raise ValueError(f"resume = true but there is no {path}; start a new run without --resume")
     document, tensors = read_resume(str(path))
-    stored, current = document["config"], cfg.to_dict()
+    # a field newer than the run has its default there: defaults keep the behaviour from before the field existed
+    stored, current = {**FIELD_DEFAULTS, **document["config"]}, cfg.to_dict()
     changed = sorted(k for k in set(stored) | set(current)
                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
     if changed:
@@ -236,55 +245,52 @@ def autocast(device: torch.device, amp: str):
 
 @contextlib.contextmanager
 def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: FrozenClipVision | None = None,
-                 amp: str = "none", subject_loss_weight: float = 0.0):
-    """Yields (denoising MSE of the personalized UNet on the targets, mean predicted-weight L2 over the subjects).
+                 amp: str = "none", subject_loss_weight: float = 0.0, teachers: PredictedLoRA | None = None,
+                 denoise: bool = True):
+    """Yields the batch's losses: `mse`, the denoising MSE of the personalized UNet on the targets (0 without
+    `denoise`: the UNet is not run); `reg`, the mean predicted-weight L2 over the subjects; and with `teachers`,
+    `teacher`, the mean relative distance of each predicted LoRA to its subject's teacher (batch["subject"]).
 
     A context manager: the LoRA hooks stay on the UNet until the caller's backward pass is done, because gradient
     checkpointing runs the UNet blocks again there.
     """
-    latents = base.encode_images(batch["target"])
-    text = base.encode_text(batch["caption"])
-    sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
     subject = subject_input(batch["reference"], clip_vision).to(base.device)
     with autocast(base.device, amp):
         lora = model(subject)
+    exact = lora.to(torch.float32)
+    losses = {"reg": weight_l2(exact).mean()}
+    if teachers is not None:
+        losses["teacher"] = relative_distance(exact, teachers.select(batch["subject"].to(base.device))).mean()
+    if not denoise:
+        yield {"mse": torch.zeros((), device=base.device), **losses}
+        return
+    latents = base.encode_images(batch["target"])
+    text = base.encode_text(batch["caption"])
+    sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
     with PerSampleLoRA(base.diffusion_model, lora):  # row i ↔ subject i
         with autocast(base.device, amp):
             x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
             eps = base.predict_noise(x_noisy, sigma, text)
-        yield denoising_loss(eps, noise, batch.get("target_mask"), subject_loss_weight), \
-            weight_l2(lora.to(torch.float32)).mean()
-
-
-def denoising_loss(eps: Tensor, noise: Tensor, masks: Tensor | None, subject_loss_weight: float) -> Tensor:
-    """MSE; with masks (B×H×W, 1 on the subject), each latent cell weighted by `subject_cell_weights`."""
-    if masks is None or subject_loss_weight == 0:
-        return F.mse_loss(eps, noise)
-    return weighted_mse(eps, noise, subject_cell_weights(masks.to(eps.device), eps.shape[-2:], subject_loss_weight))
-
-
-def subject_cell_weights(masks: Tensor, cells: tuple[int, int], subject_loss_weight: float) -> Tensor:
-    """(B, 1, h, w) weights 1 + w·(each latent cell's mask coverage), so that the subject's cells count more."""
-    return 1.0 + subject_loss_weight * F.adaptive_avg_pool2d(masks[:, None].to(torch.float32), cells)
-
-
-def weighted_mse(eps: Tensor, noise: Tensor, weights: Tensor) -> Tensor:
-    """Squared error weighted per latent cell, weights scaled to mean 1 per image so the loss keeps its scale."""
-    return ((eps.float() - noise.float()) ** 2 * (weights / weights.mean(dim=(1, 2, 3), keepdim=True))).mean()
+        yield {"mse": denoising_loss(eps, noise, batch.get("target_mask"), subject_loss_weight), **losses}
 
 
 def accumulate_gradients(model: nn.Module, base: FrozenBase, clip_vision: FrozenClipVision | None,
-                         micro_batches: list[dict], cfg: TrainConfig, scaler: torch.amp.GradScaler) -> dict:
+                         teachers: PredictedLoRA | None, micro_batches: list[dict], cfg: TrainConfig,
+                         scaler: torch.amp.GradScaler) -> dict:
     """Forward + backward of every micro-batch of a step (DDP syncs on the last); losses averaged over all ranks."""
-    totals = torch.zeros(2, device=base.device)
+    names = ("mse", "reg") + (("teacher",) if teachers is not None else ())
+    weights = {"mse": cfg.denoising_weight, "reg": cfg.reg_lambda, "teacher": cfg.teacher_weight}
+    totals = torch.zeros(len(names), device=base.device)
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with batch_losses(model, base, batch, clip_vision, cfg.amp, cfg.subject_loss_weight) as (mse, reg):
-                scaler.scale((mse + cfg.reg_lambda * reg) / len(micro_batches)).backward()
-        totals += torch.stack([mse.detach(), reg.detach()]) / len(micro_batches)
-    mse, reg = distributed.mean_over_ranks(totals).tolist()
-    return {"loss": mse + cfg.reg_lambda * reg, "mse": mse, "reg": reg}
+            with batch_losses(model, base, batch, clip_vision, cfg.amp, cfg.subject_loss_weight, teachers,
+                              denoise=cfg.denoising_weight > 0) as losses:
+                total = sum(weights[name] * losses[name] for name in names)
+                scaler.scale(total / len(micro_batches)).backward()
+        totals += torch.stack([losses[name].detach() for name in names]) / len(micro_batches)
+    means = dict(zip(names, distributed.mean_over_ranks(totals).tolist()))
+    return {"loss": sum(weights[name] * value for name, value in means.items()), **means}
 
 
 def optimizer_step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -314,15 +320,19 @@ class DivergenceGuard:
     def check(self, losses: dict) -> str | None:
         """What diverged, as the start of the stop message; None (and the values join the window) when nothing did."""
         if not math.isfinite(losses["loss"]):
-            return f"loss is {losses['loss']} (mse {losses['mse']}, reg {losses['reg']})"
+            parts = ", ".join(f"{name} {losses[name]}" for name in WATCHED if name in losses)
+            return f"loss is {losses['loss']} ({parts})"
         for name, quantity in WATCHED.items():
+            if name not in losses:
+                continue
             median = self.median(name)
             if self.factor and median > 0 and losses[name] > self.factor * median:
                 return (f"{quantity} jumped to {name} = {losses[name]:.6g}, {losses[name] / median:.0f} times its "
                         f"median {median:.4g} over the last {len(self.recent[name])} steps (divergence_factor "
                         f"{self.factor:g})")
         for name in WATCHED:
-            self.recent[name].append(losses[name])
+            if name in losses:
+                self.recent[name].append(losses[name])
         return None
 
     def median(self, name: str) -> float:
@@ -354,7 +364,7 @@ def save_checkpoints(out_dir: Path, step: int, net: HyperNet, ema: EMA, optimize
                      skipped_images: int, recent: dict[str, list[float]]) -> None:
     """The resume state (with the divergence guard's window, `recent`), then the nodes' checkpoint with the EMA
     weights; each written atomically."""
-    summary = {"step": step, "loss": record["loss"], "mse": record["mse"], "reg": record["reg"],
+    summary = {"step": step, **{name: record[name] for name in ("loss", *WATCHED) if name in record},
                "skipped_images": skipped_images}
     save_resume(str(out_dir / RESUME_FILE), step, net, ema.net, optimizer, scaler, cfg.to_dict(), world,
                 {**summary, "recent": recent})

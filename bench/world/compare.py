@@ -30,7 +30,6 @@ from .base.common import CACHE, REPO, import_comfy, psnr, setup_logging
 from .base.evaluate import load_stock, save_grid, stock_loadable, vae_round_trip
 from .cases import Case, make_cases
 from .contexts import prompt
-from .finetune import finetune_lora
 from .metrics import context_alignment, diversity, identity_accuracy, nearest_subject, subject_fidelity
 from .node_sampler import CFG, SAMPLER, Row, Sampler
 from .render import render
@@ -73,6 +72,7 @@ def finetuned_loras(cases: list[Case], checkpoint: Path, rank: int, alpha: float
     """subject id → {steps: (LoRA state dict, seconds)}; each subject's run is cached in `cache` (the longest part of
     the table, so it can be computed ahead, and a rerun with other rows reuses it)."""
     from train.base_model import FrozenBase
+    from train.finetune import finetune_lora
 
     base, tuned = None, {}
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()  # a retrained model keeps the path and the size
@@ -85,7 +85,8 @@ def finetuned_loras(cases: list[Case], checkpoint: Path, rank: int, alpha: float
         if tuned[case.subject.id] is None:
             base = base or FrozenBase.load(str(checkpoint), torch.device("cpu"))
             reference = torch.from_numpy(case.reference.astype(np.float32))
-            snapshots = finetune_lora(base, reference, prompt(case.reference_context), rank, alpha, steps, seed=i)
+            snapshots = finetune_lora(base, reference[None], [prompt(case.reference_context)], rank, alpha, steps,
+                                      seed=i)
             tuned[case.subject.id] = {n: (to_lora_state_dict(lora), seconds) for n, lora, seconds in snapshots}
             write_finetuned(path, key, tuned[case.subject.id])
         log.info("fine-tuned subject %d/%d", i + 1, len(cases))

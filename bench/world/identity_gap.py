@@ -41,8 +41,8 @@ def identity_gap(base, net: hypernet.HyperNet, batch: dict) -> dict[str, float]:
 
     losses = {}
     for name, references in (("own", batch["reference"]), ("shuffled", batch["reference"].roll(1, 0))):
-        with batch_losses(SubjectToLoRA(net), base, {**batch, "reference": references}) as (mse, _):
-            losses[name] = mse.item()
+        with batch_losses(SubjectToLoRA(net), base, {**batch, "reference": references}) as batch_loss:
+            losses[name] = batch_loss["mse"].item()
     latents = base.encode_images(batch["target"])
     sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
     x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)

@@ -1,0 +1,98 @@
+"""Teacher LoRAs for the weight-space loss (HyperDreamBooth's recipe): one LoRA per training subject, fine-tuned on
+its images, which the hypernet learns to predict from any one image of the subject.
+
+    python -m train.teachers --config FILE.toml [--steps 200] [--images 8] [--key value …]
+
+writes `<teacher_dir>/<subject id>.safetensors` for every training subject of the config's data (a standard LoRA
+file, loadable by LoraLoader), fine-tuned with the config's base model, rank, alpha, seed and subject_loss_weight.
+Every teacher starts from the same initial LoRA and sees the same noise, so teachers differ by their subjects alone.
+A teacher already there with the same settings is kept, so an interrupted run continues where it stopped; one made
+with other settings stops the run (nothing is overwritten). Any LoRA file of the hypernet's targets can be a teacher.
+"""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from hypernet import to_lora_state_dict, write_atomic
+
+from .base_model import FrozenBase, import_comfy
+from .config import TrainConfig, build_parser, config_from_args
+from .data import Subject, load_mask, load_rgb, require_masks, scan_subjects, split_held_out, to_square
+from .finetune import LEARNING_RATE, finetune_lora
+from .teacher_files import METADATA_KEY, check_settings, teacher_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 200
+DEFAULT_IMAGES = 8
+
+
+def make_teachers(cfg: TrainConfig, steps: int = DEFAULT_STEPS, images: int = DEFAULT_IMAGES,
+                  base: FrozenBase | None = None) -> list[Path]:
+    """Fine-tune (or keep) the teacher of every training subject; their paths. `base`: reuse a loaded base."""
+    if not cfg.teacher_dir:
+        raise ValueError("config teacher_dir is empty: set it to the folder the teachers go to")
+    if steps <= 0 or images <= 0:
+        raise ValueError(f"teachers need steps > 0 and images > 0, got steps {steps}, images {images}")
+    subjects, _ = split_held_out(scan_subjects(cfg.data_dir, cfg.class_word, cfg.on_bad_image)[0], cfg.held_out)
+    if cfg.subject_loss_weight > 0:
+        require_masks(subjects)
+    settings = {"base_checkpoint": cfg.base_checkpoint, "rank": cfg.rank, "alpha": cfg.alpha, "seed": cfg.seed,
+                "subject_loss_weight": cfg.subject_loss_weight, "image_size": cfg.image_size, "steps": steps,
+                "images": images, "lr": LEARNING_RATE}
+    paths = []
+    for n, subject in enumerate(subjects, 1):
+        path = teacher_path(cfg.teacher_dir, subject.id)
+        paths.append(path)
+        if path.exists():
+            check_settings(path, settings)
+            log.info("teacher %d/%d: %s is there already", n, len(subjects), path)
+            continue
+        if base is None:
+            import_comfy(cpu=not torch.cuda.is_available())
+            base = FrozenBase.load(cfg.base_checkpoint, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        pictures, captions, masks = subject_images(subject, images, cfg.image_size, cfg.subject_loss_weight > 0)
+        ((_, lora, seconds),) = finetune_lora(base, pictures, captions, cfg.rank, cfg.alpha, (steps,), cfg.seed, masks,
+                                             cfg.subject_loss_weight)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, safetensors.torch.save(to_lora_state_dict(lora.to("cpu")),
+                                                  metadata={METADATA_KEY: json.dumps(settings)}))
+        log.info("teacher %d/%d: %s (%.0f s)", n, len(subjects), path, seconds)
+    return paths
+
+
+def subject_images(subject: Subject, count: int, size: int, with_masks: bool):
+    """The first `count` images of a subject (centre squares, N×size×size×3), their captions, and their masks."""
+    rng = np.random.default_rng(0)  # unused: centre crops, no flips
+    view = dict(size=size, rng=rng, random_crop=False, flip=False)
+    files = subject.images[:count]
+    pictures = [load_rgb(path) for path in files]
+    masks = None
+    if with_masks:
+        masks = torch.stack([to_square(load_mask(mask, picture.size), **view)
+                             for mask, picture in zip(subject.masks, pictures)])
+    return torch.stack([to_square(picture, **view) for picture in pictures]), list(subject.captions[:count]), masks
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser(prog="python -m train.teachers", description=__doc__)
+    group = parser.add_argument_group("teachers")
+    group.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="fine-tuning steps per teacher")
+    group.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images per subject it learns from")
+    args = vars(parser.parse_args(argv))
+    steps, images = args.pop("steps"), args.pop("images")
+    config, _ = config_from_args(args)
+    try:
+        make_teachers(config, steps, images)
+    except ValueError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    main()
