@@ -32,12 +32,10 @@ class PredictedLoRA:
         """The LoRA of subject k alone (K = 1)."""
         if not -self.num_subjects <= k < self.num_subjects:
             raise IndexError(f"subject {k} out of range: this LoRA holds {self.num_subjects} subjects")
-        sl = slice(k, k + 1 or None)
-        return PredictedLoRA(self.targets, {n: d[sl] for n, d in self.down.items()},
-                             {n: u[sl] for n, u in self.up.items()}, self.rank, self.alpha, self.family)
+        return self.select(slice(k, k + 1 or None))
 
-    def select(self, indices: Tensor) -> "PredictedLoRA":
-        """The LoRAs of the subjects `indices` (1-D, repeats allowed), in that order."""
+    def select(self, indices: Tensor | slice) -> "PredictedLoRA":
+        """The LoRAs of the subjects `indices` (1-D, repeats allowed, or a slice), in that order."""
         return PredictedLoRA(self.targets, {n: d[indices] for n, d in self.down.items()},
                              {n: u[indices] for n, u in self.up.items()}, self.rank, self.alpha, self.family)
 

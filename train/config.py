@@ -240,4 +240,3 @@ def config_from_args(args: dict) -> tuple[TrainConfig, str]:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     return config, path or "the command line"
-

@@ -158,6 +158,11 @@ def to_square(image: Image.Image, size: int, rng: np.random.Generator, random_cr
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
 
 
+def centre_square(image: Image.Image, size: int) -> torch.Tensor:
+    """The centre square of an image, resized → size×size×C in [0, 1] (`to_square` without crop or flip draws)."""
+    return to_square(image, size, np.random.default_rng(0), random_crop=False, flip=False)
+
+
 def sample_seed(seed: int, n: int) -> int:
     """The seed of sample n of the global sample stream (a non-negative int64)."""
     return int(np.random.SeedSequence([seed, n]).generate_state(1, dtype=np.uint64)[0]) >> 1

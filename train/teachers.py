@@ -13,7 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import safetensors.torch
 import torch
 
@@ -21,7 +20,7 @@ from hypernet import to_lora_state_dict, write_atomic
 
 from .base_model import FrozenBase, import_comfy
 from .config import TrainConfig, build_parser, config_from_args
-from .data import Subject, load_mask, load_rgb, require_masks, scan_subjects, split_held_out, to_square
+from .data import Subject, centre_square, load_mask, load_rgb, require_masks, scan_subjects, split_held_out
 from .finetune import LEARNING_RATE, finetune_lora
 from .teacher_files import METADATA_KEY, check_settings, teacher_path
 
@@ -53,8 +52,9 @@ def make_teachers(cfg: TrainConfig, steps: int = DEFAULT_STEPS, images: int = DE
             log.info("teacher %d/%d: %s is there already", n, len(subjects), path)
             continue
         if base is None:
-            import_comfy(cpu=not torch.cuda.is_available())
-            base = FrozenBase.load(cfg.base_checkpoint, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            import_comfy(cpu=device.type == "cpu")
+            base = FrozenBase.load(cfg.base_checkpoint, device)
         pictures, captions, masks = subject_images(subject, images, cfg.image_size, cfg.subject_loss_weight > 0)
         ((_, lora, seconds),) = finetune_lora(base, pictures, captions, cfg.rank, cfg.alpha, (steps,), cfg.seed, masks,
                                              cfg.subject_loss_weight)
@@ -67,15 +67,12 @@ def make_teachers(cfg: TrainConfig, steps: int = DEFAULT_STEPS, images: int = DE
 
 def subject_images(subject: Subject, count: int, size: int, with_masks: bool):
     """The first `count` images of a subject (centre squares, N×size×size×3), their captions, and their masks."""
-    rng = np.random.default_rng(0)  # unused: centre crops, no flips
-    view = dict(size=size, rng=rng, random_crop=False, flip=False)
-    files = subject.images[:count]
-    pictures = [load_rgb(path) for path in files]
+    pictures = [load_rgb(path) for path in subject.images[:count]]
     masks = None
     if with_masks:
-        masks = torch.stack([to_square(load_mask(mask, picture.size), **view)
+        masks = torch.stack([centre_square(load_mask(mask, picture.size), size)
                              for mask, picture in zip(subject.masks, pictures)])
-    return torch.stack([to_square(picture, **view) for picture in pictures]), list(subject.captions[:count]), masks
+    return torch.stack([centre_square(picture, size) for picture in pictures]), list(subject.captions[:count]), masks
 
 
 def main(argv: list[str] | None = None) -> None:

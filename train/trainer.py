@@ -16,7 +16,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +28,7 @@ from hypernet import (CLIP_VISION_TOKEN_DIMS, EncoderSpec, HyperNet, HyperNetCon
 from . import distributed
 from .base_model import FrozenBase, FrozenClipVision, import_comfy, unet_dtype
 from .config import FIELD_DEFAULTS, RESUMABLE_CHANGES, TrainConfig, parse_cli
-from .data import PairDataset, StepBatches, load_rgb, make_loader, scan_subjects, split_held_out, to_square
+from .data import PairDataset, StepBatches, centre_square, load_rgb, make_loader, scan_subjects, split_held_out
 from .ema import EMA
 from .losses import denoising_loss
 from .preview import sample_grid, save_grid
@@ -375,8 +374,7 @@ def held_out_references(subjects: list, image_size: int) -> tuple[Tensor, list[s
     """The first image (centre square) and caption of each held-out subject, for the sample grids."""
     if not subjects:
         return None
-    rng = np.random.default_rng(0)  # unused: no random crop or flip
-    images = [to_square(load_rgb(s.images[0]), image_size, rng, random_crop=False, flip=False) for s in subjects]
+    images = [centre_square(load_rgb(s.images[0]), image_size) for s in subjects]
     return torch.stack(images), [s.captions[0] for s in subjects]
 
 

@@ -27,8 +27,8 @@ from ...tiny_checkpoints import init_fan_in_
 from ..contexts import Context, all_contexts, prompt, random_context
 from ..render import render_with_coverage
 from ..subjects import Subject, describe, split_subjects
-from train.state import load_optimizer, optimizer_tensors
 from train.losses import subject_cell_weights, weighted_mse
+from train.state import load_optimizer, optimizer_tensors
 
 from .build import WORLD_UNET
 from .common import CACHE, append_jsonl, import_comfy, load_state, parse_config, save_state, setup_logging
