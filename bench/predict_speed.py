@@ -2,14 +2,16 @@
 
     .venv/bin/python -m bench.predict_speed [--unet tiny|sd15|sdxl] [--size 512] [--rounds 7] [--clip-vision]
 
-Personalization: encode one 512×512 subject image (the embedded CNN, or a CLIP vision ViT-L/14 with random weights,
-which costs what a trained one does), predict a rank-4 LoRA for every attention projection of the UNet, and patch it
-onto a clone as Apply Predicted LoRA does. One step: one plain CFG evaluation of the UNet (cond and uncond, batch 2)
+Personalization: the pack's own Encode Subject, Predict LoRA and Apply Predicted LoRA nodes on one 512×512 subject
+image, with a hypernet (random weights) that reads the embedded CNN or a CLIP vision ViT-L/14 (random weights, which
+cost what trained ones do) and predicts a rank-4 LoRA for every attention projection of the UNet. One step: one plain CFG evaluation of the UNet (cond and uncond, batch 2)
 at --size. The kinds are interleaved round by round (`bench.measure.interleaved`); the ratios are medians of
 per-round ratios with their range. Full-size UNets have random weights (`bench.full_size`).
 """
 import argparse
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,7 @@ from .harness.comfy_runtime import import_comfy
 from .measure import interleaved
 
 RANK = 4
+HYPERNET_FOLDER = "hypersubject"  # the pack's models/ folder, registered when it loads
 
 
 def cfg_step(unet, name: str, size: int):
@@ -29,17 +32,17 @@ def cfg_step(unet, name: str, size: int):
     return lambda: unet(x, t, context=context, y=y)
 
 
-def personalization(base, net, image: torch.Tensor, encode):
-    """Encode → predict → patch a clone, as Encode Subject, Predict LoRA and Apply Predicted LoRA do."""
-    from comfy.weight_adapter.lora import LoRAAdapter
+def personalization(pack: dict, base, hypernet_name: str, image: torch.Tensor, clip_vision=None):
+    """Encode Subject → Predict LoRA → Apply Predicted LoRA, the hypernet loaded once beforehand as the loader caches it."""
+    from .harness.node_harness import run
+
+    (loaded,) = run(pack["HyperSubjectLoader"], hypernet_name=hypernet_name)
 
     def personalize():
-        lora = net(encode(image))
-        clone = base.clone()
-        clone.add_patches({f"{t.name}.weight": LoRAAdapter(set(), (lora.up[t.name][0], lora.down[t.name][0],
-                                                                   lora.alpha, None, None, None))
-                           for t in lora.targets})
-        return clone
+        subject, _ = run(pack["HyperSubjectEncode"], hypernet=loaded, image=image, combine="mean",
+                         on_bad_input="error", clip_vision=clip_vision)
+        (lora,) = run(pack["HyperSubjectPredictLoRA"], hypernet=loaded, subject=subject)
+        return run(pack["HyperSubjectApplyLoRA"], model=base, subject_lora=lora, strength=1.0)
     return personalize
 
 
@@ -53,8 +56,9 @@ def main(argv=None) -> None:
     import_comfy()
     import comfy.clip_vision
 
-    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, family_of, find_targets
+    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, family_of, find_targets, save
 
+    from .harness.node_harness import load_pack, model_folder
     from .harness.tiny_files import tiny_clip_vision
 
     torch.set_grad_enabled(False)
@@ -63,17 +67,25 @@ def main(argv=None) -> None:
     unet = base.model.diffusion_model
     targets, family = tuple(find_targets(unet)), family_of(unet)
     image = torch.rand(1, 512, 512, 3)
-    embedded = HyperNet(HyperNetConfig(family=family, targets=targets, rank=RANK,
-                                       encoder=EncoderSpec("embedded", image_size=128, token_dim=256))).eval()
-    kinds = {"one CFG step": cfg_step(unet, args.unet, args.size),
-             "embedded CNN (128 px)": personalization(base, embedded, image, embedded.encode)}
+    def net(encoder: EncoderSpec) -> HyperNet:
+        return HyperNet(HyperNetConfig(family=family, targets=targets, rank=RANK, encoder=encoder))
+    nets = {"embedded CNN (128 px)": net(EncoderSpec("embedded", image_size=128, token_dim=256))}
     if args.clip_vision:
-        clip_vision = comfy.clip_vision.load(str(tiny_clip_vision()))
-        net = HyperNet(HyperNetConfig(family=family, targets=targets, rank=RANK,
-                                      encoder=EncoderSpec("clip_vision", 224, 1024, "vit-l-14"))).eval()
-        kinds["CLIP vision ViT-L/14"] = personalization(
-            base, net, image, lambda im: clip_vision.encode_image(im).penultimate_hidden_states.float())
-    timings = interleaved(kinds, args.rounds, reference="one CFG step")
+        nets["CLIP vision ViT-L/14"] = net(EncoderSpec("clip_vision", 224, 1024, "vit-l-14"))
+    clip_vision = comfy.clip_vision.load(str(tiny_clip_vision())) if args.clip_vision else None
+    kinds = {"one CFG step": cfg_step(unet, args.unet, args.size)}
+    with tempfile.TemporaryDirectory() as folder:
+        custom_nodes, hypernets = Path(folder) / "custom_nodes", Path(folder) / "hypernets"
+        custom_nodes.mkdir()
+        hypernets.mkdir()
+        pack = load_pack(custom_nodes)
+        with model_folder(HYPERNET_FOLDER, hypernets):
+            for n, (label, hypernet) in enumerate(nets.items()):
+                save(str(hypernets / f"net{n}.safetensors"), hypernet)
+                reads_clip = hypernet.config.encoder.kind == "clip_vision"
+                kinds[label] = personalization(pack, base, f"net{n}.safetensors", image,
+                                               clip_vision if reads_clip else None)
+            timings = interleaved(kinds, args.rounds, reference="one CFG step")
     numbers = {rank: sum(rank * (t.in_features + t.out_features) for t in targets) for rank in (4, 16)}
     print(f"{args.unet} UNet, one CFG step = batch 2 at {args.size}×{args.size} px; {len(targets)} targets at rank "
           f"{RANK}; {args.rounds} interleaved rounds, {torch.get_num_threads()} threads")

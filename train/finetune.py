@@ -12,14 +12,17 @@ from .losses import denoising_loss
 
 NOISE_DRAWS = 2  # (image, noise, timestep) draws per step
 LEARNING_RATE = 1e-3
+ADAM_EPS = 1e-8  # torch's default
 
 
 def finetune_lora(base: FrozenBase, images: Tensor, captions: list[str], rank: int, alpha: float,
                   snapshots: tuple[int, ...], seed: int = 0, masks: Tensor | None = None,
-                  subject_loss_weight: float = 0.0, lr: float = LEARNING_RATE) -> list[tuple[int, PredictedLoRA, float]]:
+                  subject_loss_weight: float = 0.0, lr: float = LEARNING_RATE,
+                  adam_eps: float = ADAM_EPS) -> list[tuple[int, PredictedLoRA, float]]:
     """Optimize one LoRA on a subject's `images` (N×H×W×3 in [0, 1]) with their `captions` (and `masks`, N×H×W, for
     `subject_loss_weight`); (steps, LoRA, seconds since the start) at every step count in `snapshots`, from one run
-    of max(snapshots) steps.
+    of max(snapshots) steps. `adam_eps` above the typical gradient makes directions the loss barely sees take small
+    steps instead of Adam's unit-size ones (less run-to-run noise in the result).
 
     The initial LoRA, the noise and the timesteps come from `seed` alone, and the images are drawn from a generator
     of their own: runs with one seed start alike and see the same noise whatever their images, so that teachers of
@@ -34,7 +37,7 @@ def finetune_lora(base: FrozenBase, images: Tensor, captions: list[str], rank: i
             .to(device).requires_grad_() for t in targets}
     up = {t.name: torch.zeros(1, t.out_features, rank, device=device, requires_grad=True) for t in targets}
     lora = PredictedLoRA(targets, down, up, rank, alpha, family_of(unet))
-    optimizer = torch.optim.AdamW([*down.values(), *up.values()], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([*down.values(), *up.values()], lr=lr, eps=adam_eps, weight_decay=0.0)
     latents = base.encode_images(images)
     taken = []
     with PerSampleLoRA(unet, lora) as injected:
