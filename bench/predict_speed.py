@@ -4,9 +4,10 @@
 
 Personalization: the pack's own Encode Subject, Predict LoRA and Apply Predicted LoRA nodes on one 512×512 subject
 image, with a hypernet (random weights) that reads the embedded CNN or a CLIP vision ViT-L/14 (random weights, which
-cost what trained ones do) and predicts a rank-4 LoRA for every attention projection of the UNet. One step: one plain CFG evaluation of the UNet (cond and uncond, batch 2)
-at --size. The kinds are interleaved round by round (`bench.measure.interleaved`); the ratios are medians of
-per-round ratios with their range. Full-size UNets have random weights (`bench.full_size`).
+cost what trained ones do) and predicts a rank-4 LoRA for every attention projection of the UNet. One step: one
+plain CFG evaluation of the UNet (cond and uncond, batch 2) at --size. The kinds are interleaved round by round
+(`bench.measure.interleaved`); the ratios are medians of per-round ratios with their range. Full-size UNets have
+random weights (`bench.full_size`).
 """
 import argparse
 import os
@@ -33,7 +34,8 @@ def cfg_step(unet, name: str, size: int):
 
 
 def personalization(pack: dict, base, hypernet_name: str, image: torch.Tensor, clip_vision=None):
-    """Encode Subject → Predict LoRA → Apply Predicted LoRA, the hypernet loaded once beforehand as the loader caches it."""
+    """Encode Subject → Predict LoRA → Apply Predicted LoRA; the hypernet is loaded once beforehand, as the loader
+    node caches it."""
     from .harness.node_harness import run
 
     (loaded,) = run(pack["HyperSubjectLoader"], hypernet_name=hypernet_name)
@@ -67,8 +69,10 @@ def main(argv=None) -> None:
     unet = base.model.diffusion_model
     targets, family = tuple(find_targets(unet)), family_of(unet)
     image = torch.rand(1, 512, 512, 3)
+
     def net(encoder: EncoderSpec) -> HyperNet:
         return HyperNet(HyperNetConfig(family=family, targets=targets, rank=RANK, encoder=encoder))
+
     nets = {"embedded CNN (128 px)": net(EncoderSpec("embedded", image_size=128, token_dim=256))}
     if args.clip_vision:
         nets["CLIP vision ViT-L/14"] = net(EncoderSpec("clip_vision", 224, 1024, "vit-l-14"))
