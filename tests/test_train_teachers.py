@@ -75,6 +75,35 @@ def test_make_teachers_writes_a_standard_lora_per_training_subject_and_keeps_the
     assert [p.stat().st_mtime_ns for p in paths] == stamps
 
 
+def test_teachers_of_several_seeds_are_averaged_into_one_lora_of_their_summed_rank(config, base):
+    cfg = config()
+    paths = make_teachers(cfg, steps=3, images=2, seeds=2, base=base)
+    single = make_teachers(config(teacher_dir=str(Path(cfg.teacher_dir).parent / "single"), seed=1), steps=3,
+                           images=2, base=base)
+    parts = [[teacher_path(Path(cfg.teacher_dir) / f"seed_{seed}", p.stem) for p in paths] for seed in (0, 1)]
+    assert [p.read_bytes() for p in parts[1]] == [p.read_bytes() for p in single]  # seed 1 alone, as its own run
+    targets = tuple(hypernet.find_targets(base.diffusion_model))
+    subjects = training_subjects(cfg)
+    averaged = load_teachers(cfg.teacher_dir, subjects, targets, "sd15")
+    assert averaged.rank == 2 * cfg.rank
+    seed_runs = [load_teachers(str(Path(cfg.teacher_dir) / f"seed_{seed}"), subjects, targets, "sd15")
+                 for seed in (0, 1)]
+    for k in range(len(subjects)):
+        for target in targets:
+            mean = (seed_runs[0].delta(target.name, k) + seed_runs[1].delta(target.name, k)) / 2
+            torch.testing.assert_close(averaged.delta(target.name, k), mean, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(seed_runs[0].delta(targets[0].name, k), seed_runs[1].delta(targets[0].name, k))
+
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    assert make_teachers(cfg, steps=3, images=2, seeds=2, base=base) == paths
+    assert [p.stat().st_mtime_ns for p in paths] == stamps
+    with pytest.raises(ValueError, match=r"made with other settings \(seeds: file 2, now 3\)"):
+        make_teachers(cfg, steps=3, images=2, seeds=3, base=base)
+    assert not (Path(cfg.teacher_dir) / "seed_2").exists()  # refused before any fine-tuning
+    with pytest.raises(ValueError, match=r"made with other settings \(seeds: file 2, now None\)"):
+        make_teachers(cfg, steps=3, images=2, base=base)
+
+
 def test_a_teacher_depends_on_its_images_alone_for_one_seed(config, base):
     cfg = config()
     a, b = (subject_images(s, 2, cfg.image_size, with_masks=False)[:2] for s in training_subjects(cfg)[:2])

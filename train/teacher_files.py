@@ -27,9 +27,26 @@ def check_settings(path: Path, settings: dict) -> None:
     found = json.loads(read_metadata(path).get(METADATA_KEY, "null"))
     if found != settings:
         differ = "not made by python -m train.teachers" if not isinstance(found, dict) else ", ".join(
-            f"{k}: file {found.get(k)!r}, now {v!r}" for k, v in settings.items() if found.get(k) != v)
+            f"{k}: file {found.get(k)!r}, now {settings.get(k)!r}" for k in {**settings, **found}
+            if found.get(k) != settings.get(k))
         raise ValueError(f"{path} exists but was made with other settings ({differ}); move it away or choose "
                          f"another teacher_dir (teachers are never overwritten)")
+
+
+def average_teachers(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """One kohya LoRA whose ΔW is the mean of the files' ΔW (LoRAs of the same layers): their factors side by side,
+    each down with its alpha / rank folded in, the ups divided by their number; rank = the sum of the ranks."""
+    states = [safetensors.torch.load_file(str(path), device="cpu") for path in paths]
+    stems = sorted({key.split(".", 1)[0] for key in states[0]})
+    averaged = {}
+    for stem in stems:
+        downs = [s[f"{stem}.lora_down.weight"].float() for s in states]
+        downs = [d * (float(s.get(f"{stem}.alpha", d.shape[0])) / d.shape[0]) for d, s in zip(downs, states)]
+        ups = [s[f"{stem}.lora_up.weight"].float() for s in states]
+        averaged[f"{stem}.lora_down.weight"] = torch.cat(downs, 0)
+        averaged[f"{stem}.lora_up.weight"] = torch.cat(ups, 1) / len(states)
+        averaged[f"{stem}.alpha"] = torch.tensor(float(sum(d.shape[0] for d in downs)))
+    return averaged
 
 
 def read_metadata(path: Path) -> dict:
