@@ -40,9 +40,7 @@ def average_teachers(paths: list[Path]) -> dict[str, torch.Tensor]:
     stems = sorted({key.split(".", 1)[0] for key in states[0]})
     averaged = {}
     for stem in stems:
-        downs = [s[f"{stem}.lora_down.weight"].float() for s in states]
-        downs = [d * (float(s.get(f"{stem}.alpha", d.shape[0])) / d.shape[0]) for d, s in zip(downs, states)]
-        ups = [s[f"{stem}.lora_up.weight"].float() for s in states]
+        downs, ups = zip(*(scaled_factors(state, stem) for state in states))
         averaged[f"{stem}.lora_down.weight"] = torch.cat(downs, 0)
         averaged[f"{stem}.lora_up.weight"] = torch.cat(ups, 1) / len(states)
         averaged[f"{stem}.alpha"] = torch.tensor(float(sum(d.shape[0] for d in downs)))
@@ -90,13 +88,19 @@ def read_teacher(path: Path, targets: tuple[Target, ...]) -> tuple[dict, dict]:
         if missing:
             raise ValueError(f"teacher {path} lacks {missing[0]!r}: a teacher must hold a LoRA for every one of the "
                              f"hypernet's {len(targets)} targets")
-        d, u = tensors[f"{stem}.lora_down.weight"].float(), tensors[f"{stem}.lora_up.weight"].float()
+        d, u = scaled_factors(tensors, stem)
         expected = ((d.shape[0], target.in_features), (target.out_features, d.shape[0]))
         if (tuple(d.shape), tuple(u.shape)) != expected:
             raise ValueError(f"teacher {path}: {stem} has down {tuple(d.shape)} and up {tuple(u.shape)}, expected "
                              f"{expected[0]} and {expected[1]} for {target.name} (a LoRA for another base model?)")
-        alpha = float(tensors[f"{stem}.alpha"]) if f"{stem}.alpha" in tensors else float(d.shape[0])
-        down[target.name], up[target.name] = d * (alpha / d.shape[0]), u
+        down[target.name], up[target.name] = d, u
     if all(float((up[n] @ down[n]).abs().max()) == 0 for n in down):
         raise ValueError(f"teacher {path} is an empty LoRA (every ΔW is zero); make it again")
     return down, up
+
+
+def scaled_factors(tensors: dict[str, torch.Tensor], stem: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down with alpha / rank folded in, up) of one layer of a kohya LoRA state dict, in float32 (no alpha: rank)."""
+    d, u = tensors[f"{stem}.lora_down.weight"].float(), tensors[f"{stem}.lora_up.weight"].float()
+    alpha = float(tensors[f"{stem}.alpha"]) if f"{stem}.alpha" in tensors else float(d.shape[0])
+    return d * (alpha / d.shape[0]), u
