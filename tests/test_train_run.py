@@ -160,6 +160,21 @@ def test_a_run_refuses_to_overwrite_an_earlier_run_or_to_resume_with_another_con
         trainer.train(config(max_steps=1, rank=8, resume=True), base=base)
 
 
+def test_a_run_starts_from_an_exported_hypernets_weights_and_refuses_one_of_another_architecture(trained, config,
+                                                                                                   base):
+    exported = Path(trained.out_dir) / "hypernet.safetensors"
+    cfg = config(init_from=str(exported), max_steps=1, lr=1e-12)  # one step that cannot move the weights visibly
+    trainer.train(cfg, base=base)
+    start, _ = hypernet.load(str(exported))
+    second, _ = hypernet.load(str(Path(cfg.out_dir) / "hypernet.safetensors"))
+    fresh = trainer.build_hypernet(cfg, base, None)
+    for name, weight in second.state_dict().items():
+        torch.testing.assert_close(weight, start.state_dict()[name], rtol=0, atol=1e-9, msg=name)
+    assert any(not torch.allclose(w, fresh.state_dict()[n]) for n, w in second.state_dict().items())
+    with pytest.raises(ValueError, match=r"init_from .* another architecture \(d_model: file 32, config 64\)"):
+        trainer.train(config(out="wider", init_from=str(exported), d_model=64, max_steps=1), base=base)
+
+
 def test_a_nan_loss_stops_the_run_naming_the_step_and_the_config_and_keeps_the_last_good_checkpoint(config, base):
     cfg = config(lr=1e30, ckpt_every=1, max_steps=5, grad_clip=0.0)
     with pytest.raises(trainer.TrainingDiverged, match="at step 2 of the run configured by nan.toml.*the checkpoint "

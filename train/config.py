@@ -54,6 +54,9 @@ class TrainConfig:
     clip_vision: str = param("", "CLIP vision .safetensors file, for encoder = 'clip_vision'", "model")
     token_dim: int = param(256, "token width of the embedded encoder (CLIP vision fixes its own)", "model")
     encoder_width: int = param(64, "channels of the embedded encoder's CNN", "model")
+    init_from: str = param("", "start from the weights of this exported hypernet (hypernet.safetensors) instead of "
+                               "random ones: a second stage with another objective, or more training of a "
+                               "released hypernet; its architecture must be the one this config builds", "model")
 
     # objective
     reg_lambda: float = param(0.01, "coefficient of the L2 penalty on the predicted weights (mean over subjects of "

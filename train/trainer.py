@@ -86,7 +86,10 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
     if cfg.grad_checkpointing:
         base.enable_grad_checkpointing()
     clip_vision = FrozenClipVision(cfg.clip_vision) if cfg.encoder == "clip_vision" else None
-    net = build_hypernet(cfg, base, clip_vision).to(proc.device)
+    net = build_hypernet(cfg, base, clip_vision)
+    if cfg.init_from and not resumed:
+        start_from(net, cfg.init_from)
+    net = net.to(proc.device)
     teachers = None
     if cfg.teacher_weight > 0:
         teachers = load_teachers(cfg.teacher_dir, train_subjects, net.config.targets, net.config.family).to(proc.device)
@@ -183,6 +186,23 @@ def build_hypernet(cfg: TrainConfig, base: FrozenBase, clip_vision: FrozenClipVi
                             encoder=spec)
     torch.manual_seed(cfg.seed)
     return HyperNet(config)
+
+
+def start_from(net: HyperNet, path: str) -> None:
+    """Load the weights of the exported hypernet at `path` into `net`, whose architecture it must have."""
+    loaded, _ = hypernet.load(path, expect_family=net.config.family)
+    if loaded.config != net.config:
+        ours, theirs = net.config.to_dict(), loaded.config.to_dict()
+
+        def shown(key: str, value) -> str:
+            return f"{len(value)} target layers" if key == "targets" else repr(value)
+
+        diffs = ", ".join(f"{k}: file {shown(k, theirs[k])}, config {shown(k, ours[k])}"
+                          for k in ours if ours[k] != theirs[k])
+        raise ValueError(f"init_from {path} is a hypernet of another architecture ({diffs}); set the config's model "
+                         f"fields to the file's, or start without init_from")
+    net.load_state_dict(loaded.state_dict())
+    log.info("starting from the weights of %s", path)
 
 
 def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
