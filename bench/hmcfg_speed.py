@@ -26,13 +26,13 @@ RANK = 4
 
 def random_lora(unet, seed: int):
     """A rank-4 LoRA on every attention projection, factors at the scale a trained hypernet predicts."""
-    from hypernet import PredictedLoRA, family_of, find_targets
+    from hypernet import PredictedLoRA, family_targets
 
     generator = torch.Generator().manual_seed(seed)
-    targets = find_targets(unet)
+    family, targets = family_targets(unet)
     down = {t.name: torch.randn(1, RANK, t.in_features, generator=generator) * 0.02 for t in targets}
     up = {t.name: torch.randn(1, t.out_features, RANK, generator=generator) * 0.02 for t in targets}
-    return PredictedLoRA(targets, down, up, RANK, float(RANK), family_of(unet))
+    return PredictedLoRA(targets, down, up, RANK, float(RANK), family)
 
 
 def personalized_models(base, lora, folder: Path):

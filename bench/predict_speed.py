@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     import_comfy()
     import comfy.clip_vision
 
-    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, family_of, find_targets, save
+    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, family_targets, save
 
     from .harness.node_harness import load_pack, model_folder
     from .harness.tiny_files import tiny_clip_vision
@@ -67,7 +67,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(os.cpu_count())
     base = load_unet(args.unet)[0]
     unet = base.model.diffusion_model
-    targets, family = tuple(find_targets(unet)), family_of(unet)
+    family, targets = family_targets(unet)
+    targets = tuple(targets)
     image = torch.rand(1, 512, 512, 3)
 
     def net(encoder: EncoderSpec) -> HyperNet:

@@ -3,7 +3,10 @@
 - an SD1.5-family checkpoint: the smallest UNet that `CheckpointLoaderSimple` detects as SD15
   (model_channels 320, context_dim 768, one level; comfyui-runtime.md §4.1), TAESD as its VAE, and
   optionally a random CLIP-L text encoder;
-- a CLIP-vision ViT-L/14 that `CLIPVisionLoader` loads (random weights, 304M parameters).
+- a CLIP-vision ViT-L/14 that `CLIPVisionLoader` loads (random weights, 304M parameters);
+- a Flux.1-dev diffusion model that `UNETLoader` detects as Flux: one double and one single block at Flux's own
+  width (3072, pinned by its 24 heads and rotary axes 16/56/56; 533M parameters, bf16), with a 768-d text input so
+  that a CLIP-L text encoder conditions it in tests instead of a T5-XXL.
 
 ComfyUI's ops skip weight init, so every tensor is drawn here explicitly: outputs are finite and differ by seed.
 CLIP weights come from NumPy's legacy `RandomState` so the same seed gives the same file on every platform.
@@ -44,6 +47,11 @@ SD15_TINY_UNET = {
 SDXL_TINY_UNET = dict(SD15_TINY_UNET, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
                       use_linear_in_transformer=True, num_heads=-1, num_head_channels=64)
 
+# Flux.1-dev's layout (comfy/model_detection.py reads it back from the keys), cut to one block of each kind.
+FLUX_TINY = {"in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 3072,
+             "mlp_ratio": 4.0, "num_heads": 24, "depth": 1, "depth_single_blocks": 1, "axes_dim": [16, 56, 56],
+             "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True}
+
 
 def init_fan_in_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
     """Norms to identity, biases to zero, every other weight N(0, 1/fan_in): finite, seed-dependent outputs."""
@@ -68,6 +76,25 @@ def tiny_unet_state_dict(seed: int, unet_config: dict = SD15_TINY_UNET) -> dict:
     unet = UNetModel(**unet_config, operations=comfy.ops.disable_weight_init)
     init_fan_in_(unet, torch.Generator().manual_seed(seed))
     return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+
+
+def flux_state_dict(seed: int, config: dict = FLUX_TINY) -> dict:
+    """ComfyUI's own Flux transformer, RMSNorm scales at 1, biases 0, other weights N(0, 1/fan_in); keys as in a
+    Flux diffusion-model file (no prefix)."""
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    model = comfy.ldm.flux.model.Flux(**config, operations=comfy.ops.disable_weight_init)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".scale"):
+                param.fill_(1.0)
+            elif param.ndim < 2:
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel() ** 0.5)
+    return model.state_dict()
 
 
 def taesd_state_dict(seed: int) -> dict:
@@ -136,6 +163,11 @@ def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = False) ->
     return _atomic_save(state, path)
 
 
+def write_flux_model(path: Path, seed: int = 0) -> Path:
+    """`flux_state_dict` in bf16, as Flux diffusion-model files ship (1.07 GB)."""
+    return _atomic_save({k: v.to(torch.bfloat16) for k, v in flux_state_dict(seed).items()}, path)
+
+
 def write_clip_vision_vit_l(path: Path, seed: int = 0) -> Path:
     """A random CLIP-vision ViT-L/14 (224 px) in the layout `comfy.clip_vision.load` detects."""
     import comfy.clip_vision
@@ -154,19 +186,23 @@ def _atomic_save(state: dict, path: Path) -> Path:
     return path
 
 
-def tiny_hypernet(seed: int = 0, encoder: str = "embedded", rank: int = 4, lora_std: float = 0.02):
-    """A small HyperSubject net for the tiny SD1.5 UNet; its up heads are randomised (an untrained net predicts
-    "no change") so that its LoRAs visibly change the model."""
+def tiny_hypernet(seed: int = 0, encoder: str = "embedded", rank: int = 4, lora_std: float = 0.02,
+                  family: str = "sd15"):
+    """A small HyperSubject net for the tiny SD1.5 UNet (or the tiny Flux); its up heads are randomised (an untrained
+    net predicts "no change") so that its LoRAs visibly change the model."""
     import comfy.ops
+    from comfy.ldm.flux.model import Flux
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, find_targets
+    from hypernet import EncoderSpec, HyperNet, HyperNetConfig, family_targets
 
     with torch.device("meta"):
-        unet = UNetModel(**SD15_TINY_UNET, operations=comfy.ops.disable_weight_init)
+        model = (Flux(**FLUX_TINY, operations=comfy.ops.disable_weight_init) if family == "flux"
+                 else UNetModel(**SD15_TINY_UNET, operations=comfy.ops.disable_weight_init))
+    found, targets = family_targets(model)
     spec = (EncoderSpec("embedded", image_size=64, token_dim=64, width=16) if encoder == "embedded"
             else EncoderSpec("clip_vision", image_size=224, token_dim=1024, clip_vision_size="vit-l-14"))
-    config = HyperNetConfig(family="sd15", targets=tuple(find_targets(unet)), rank=rank, alpha=float(rank),
+    config = HyperNetConfig(family=found, targets=tuple(targets), rank=rank, alpha=float(rank),
                             d_model=32, n_layers=1, n_heads=2, encoder=spec)
     torch.manual_seed(seed)
     net = HyperNet(config)
@@ -177,11 +213,11 @@ def tiny_hypernet(seed: int = 0, encoder: str = "embedded", rank: int = 4, lora_
     return net
 
 
-def write_tiny_hypernet(path: Path, seed: int = 0, encoder: str = "embedded") -> Path:
+def write_tiny_hypernet(path: Path, seed: int = 0, encoder: str = "embedded", family: str = "sd15") -> Path:
     """`tiny_hypernet` saved in the HyperSubject checkpoint format."""
     from hypernet import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save(str(path), tiny_hypernet(seed, encoder), training={"note": "random weights for tests"})
+    save(str(path), tiny_hypernet(seed, encoder, family=family), training={"note": "random weights for tests"})
     return path

@@ -7,6 +7,8 @@ from torch import nn
 PREFIX = "diffusion_model."
 # Self- and cross-attention projections of every transformer block (ComfyUI/LDM module names).
 ATTENTION_PATTERN = r"transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+# Flux: image and text attention of the double blocks (qkv, proj), the fused linears of the single blocks.
+FLUX_PATTERN = r"(?:^|\.)(?:double_blocks\.\d+\.(?:img|txt)_attn\.(?:qkv|proj)|single_blocks\.\d+\.linear[12])$"
 
 
 @dataclass(frozen=True)
@@ -23,19 +25,12 @@ class Target:
         return self.name + ".weight"
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """A base-model family: its text-context width, UNet base width and default target pattern."""
-
-    context_dim: int
-    model_channels: int
-    pattern: str = ATTENTION_PATTERN
-
-
-FAMILIES = {
-    "sd15": FamilySpec(context_dim=768, model_channels=320, pattern=ATTENTION_PATTERN),
-    "sdxl": FamilySpec(context_dim=2048, model_channels=320, pattern=ATTENTION_PATTERN),
+FAMILIES = {  # base-model family → its default target pattern
+    "sd15": ATTENTION_PATTERN,
+    "sdxl": ATTENTION_PATTERN,
+    "flux": FLUX_PATTERN,
 }
+UNET_CONTEXT_DIMS = {768: "sd15", 2048: "sdxl"}
 
 
 def find_targets(diffusion_model: nn.Module, pattern: str | re.Pattern = ATTENTION_PATTERN,
@@ -54,19 +49,27 @@ def find_targets(diffusion_model: nn.Module, pattern: str | re.Pattern = ATTENTI
     return targets
 
 
-def family_for_context_dim(context_dim: int) -> str:
-    """Family name whose text context width is `context_dim`."""
-    for family, spec in FAMILIES.items():
-        if spec.context_dim == context_dim:
-            return family
-    known = ", ".join(f"{f} ({s.context_dim}-d)" for f, s in FAMILIES.items())
-    raise ValueError(f"no known base-model family has a {context_dim}-d text context; known: {known}")
-
-
 def family_of(diffusion_model: nn.Module) -> str:
-    """Family of a diffusion model, read from the input width of its first cross-attention `attn2.to_k`."""
-    for name, module in diffusion_model.named_modules():
+    """Family of a diffusion model: a UNet's from the input width of its first cross-attention `attn2.to_k`, Flux
+    from its double-stream blocks."""
+    modules = dict(diffusion_model.named_modules())
+    if "double_blocks.0.img_attn.qkv" in modules:
+        if "double_stream_modulation_img" in modules:
+            raise ValueError("the model is a Flux.2 transformer, which HyperSubject does not support yet: load a "
+                             "Flux.1 (dev, schnell or a fine-tune), SD1.5 or SDXL checkpoint")
+        return "flux"
+    for name, module in modules.items():
         if name.endswith("attn2.to_k") and getattr(module, "weight", None) is not None:
-            return family_for_context_dim(module.weight.shape[1])
-    raise ValueError("found no cross-attention layer (`attn2.to_k`) in the model: expected an SD1.5/SDXL-style UNet "
-                     "(pass `model.diffusion_model`)")
+            width = module.weight.shape[1]
+            if width not in UNET_CONTEXT_DIMS:
+                known = ", ".join(f"{f} ({d}-d)" for d, f in UNET_CONTEXT_DIMS.items())
+                raise ValueError(f"no known base-model family has a {width}-d text context; known: {known}")
+            return UNET_CONTEXT_DIMS[width]
+    raise ValueError("found neither a cross-attention layer (`attn2.to_k`) nor Flux double blocks in the model: "
+                     "expected an SD1.5/SDXL-style UNet or a Flux.1 transformer (pass `model.diffusion_model`)")
+
+
+def family_targets(diffusion_model: nn.Module) -> tuple[str, list[Target]]:
+    """The model's family and that family's default target layers in it."""
+    family = family_of(diffusion_model)
+    return family, find_targets(diffusion_model, FAMILIES[family])

@@ -5,7 +5,7 @@ import time
 import torch
 from torch import Tensor
 
-from hypernet import PerSampleLoRA, PredictedLoRA, family_of, find_targets
+from hypernet import PerSampleLoRA, PredictedLoRA, family_targets
 
 from .base_model import FrozenBase
 from .losses import denoising_loss
@@ -32,11 +32,11 @@ def finetune_lora(base: FrozenBase, images: Tensor, captions: list[str], rank: i
     generator = torch.Generator().manual_seed(seed)
     picks = torch.Generator().manual_seed(seed)
     unet, device = base.diffusion_model, base.device
-    targets = find_targets(unet)
+    family, targets = family_targets(unet)
     down = {t.name: (torch.randn(1, rank, t.in_features, generator=generator) / t.in_features ** 0.5)
             .to(device).requires_grad_() for t in targets}
     up = {t.name: torch.zeros(1, t.out_features, rank, device=device, requires_grad=True) for t in targets}
-    lora = PredictedLoRA(targets, down, up, rank, alpha, family_of(unet))
+    lora = PredictedLoRA(targets, down, up, rank, alpha, family)
     optimizer = torch.optim.AdamW([*down.values(), *up.values()], lr=lr, eps=adam_eps, weight_decay=0.0)
     latents = base.encode_images(images)
     taken = []

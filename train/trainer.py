@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import hypernet
 from hypernet import (CLIP_VISION_TOKEN_DIMS, EncoderSpec, HyperNet, HyperNetConfig, PerSampleLoRA, PredictedLoRA,
-                      count_parameters, family_of, find_targets, relative_distance, weight_l2)
+                      count_parameters, family_targets, relative_distance, weight_l2)
 
 from . import distributed
 from .base_model import FrozenBase, FrozenClipVision, import_comfy, unet_dtype
@@ -180,8 +180,8 @@ def build_hypernet(cfg: TrainConfig, base: FrozenBase, clip_vision: FrozenClipVi
                              f"models of {sorted(sizes)} dimensions")
         spec = EncoderSpec("clip_vision", image_size=224, token_dim=clip_vision.token_dim,
                            clip_vision_size=sizes[clip_vision.token_dim])
-    unet = base.diffusion_model
-    config = HyperNetConfig(family=family_of(unet), targets=tuple(find_targets(unet)), rank=cfg.rank,
+    family, targets = family_targets(base.diffusion_model)
+    config = HyperNetConfig(family=family, targets=tuple(targets), rank=cfg.rank,
                             alpha=cfg.alpha, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                             encoder=spec)
     torch.manual_seed(cfg.seed)

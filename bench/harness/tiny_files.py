@@ -29,3 +29,12 @@ def tiny_clip_vision() -> Path:
 
     path = CACHE / f"v{build.BUILDER_VERSION}" / "clip_vision_vit_l.safetensors"
     return path if path.exists() else build.write_clip_vision_vit_l(path, seed=0)
+
+
+def tiny_flux() -> Path:
+    """A Flux.1-dev diffusion model of one double and one single block (1.07 GB; about 20 s to build)."""
+    import_comfy()
+    from bench import tiny_checkpoints as build
+
+    path = CACHE / f"v{build.BUILDER_VERSION}" / "flux_tiny.safetensors"
+    return path if path.exists() else build.write_flux_model(path, seed=0)
