@@ -6,7 +6,8 @@
 - a CLIP-vision ViT-L/14 that `CLIPVisionLoader` loads (random weights, 304M parameters);
 - a Flux.1-dev diffusion model that `UNETLoader` detects as Flux: one double and one single block at Flux's own
   width (3072, pinned by its 24 heads and rotary axes 16/56/56; 533M parameters, bf16), with a 768-d text input so
-  that a CLIP-L text encoder conditions it in tests instead of a T5-XXL.
+  that a CLIP-L text encoder (the same random one, as a text-encoder file) conditions it in tests instead of a
+  T5-XXL; and a 16-channel TAESD as its VAE.
 
 ComfyUI's ops skip weight init, so every tensor is drawn here explicitly: outputs are finite and differ by seed.
 CLIP weights come from NumPy's legacy `RandomState` so the same seed gives the same file on every platform.
@@ -97,11 +98,11 @@ def flux_state_dict(seed: int, config: dict = FLUX_TINY) -> dict:
     return model.state_dict()
 
 
-def taesd_state_dict(seed: int) -> dict:
+def taesd_state_dict(seed: int, latent_channels: int = 4) -> dict:
     """TAESD encoder+decoder, fan-in init so decoded images are not all black."""
     from comfy.taesd.taesd import TAESD
 
-    vae = init_fan_in_(TAESD(), torch.Generator().manual_seed(seed + 1))
+    vae = init_fan_in_(TAESD(latent_channels=latent_channels), torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         vae.vae_scale.fill_(1.0)
         vae.vae_shift.fill_(0.0)
@@ -166,6 +167,18 @@ def write_sd15_checkpoint(path: Path, seed: int = 0, with_clip: bool = False) ->
 def write_flux_model(path: Path, seed: int = 0) -> Path:
     """`flux_state_dict` in bf16, as Flux diffusion-model files ship (1.07 GB)."""
     return _atomic_save({k: v.to(torch.bfloat16) for k, v in flux_state_dict(seed).items()}, path)
+
+
+def write_clip_l(path: Path, seed: int = 0) -> Path:
+    """`clip_l_state_dict` as a text-encoder file (clip_l.safetensors' layout) for CLIPLoader and DualCLIPLoader."""
+    prefix = "cond_stage_model.transformer."
+    return _atomic_save({k.removeprefix(prefix): v for k, v in clip_l_state_dict(seed).items()}, path)
+
+
+def write_flux_vae(path: Path, seed: int = 0) -> Path:
+    """A 16-channel TAESD (Flux's latent space) as a VAE file that VAELoader and comfy.sd.VAE detect."""
+    state = taesd_state_dict(seed, latent_channels=16)
+    return _atomic_save({k.removeprefix("first_stage_model."): v for k, v in state.items()}, path)
 
 
 def write_clip_vision_vit_l(path: Path, seed: int = 0) -> Path:

@@ -83,19 +83,19 @@ def step_functions(args) -> dict:
 
     def plain():
         x = x_noisy.clone().requires_grad_(True)
-        torch.nn.functional.mse_loss(base.predict_noise(x, sigma, text), noise).backward()
+        torch.nn.functional.mse_loss(base.predict(x, sigma, text), noise).backward()
 
     def lora_only():
         lora = type(fixed)(fixed.targets, {k: v.detach().requires_grad_(True) for k, v in fixed.down.items()},
                            {k: v.detach().requires_grad_(True) for k, v in fixed.up.items()}, fixed.rank,
                            fixed.alpha, fixed.family)
         with PerSampleLoRA(base.diffusion_model, lora):
-            torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, text), noise).backward()
+            torch.nn.functional.mse_loss(base.predict(x_noisy, sigma, text), noise).backward()
 
     def train_step():
         lora = personalizer(images)
         with PerSampleLoRA(base.diffusion_model, lora):
-            loss = torch.nn.functional.mse_loss(base.predict_noise(x_noisy, sigma, text), noise)
+            loss = torch.nn.functional.mse_loss(base.predict(x_noisy, sigma, text), noise)
             (loss + cfg.reg_lambda * weight_l2(lora).mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -26,7 +26,7 @@ def flux(comfy_root, tmp_path_factory):
     from bench.harness.tiny_files import tiny_flux
     from bench.tiny_checkpoints import write_tiny_hypernet
 
-    path = tiny_flux()
+    path = tiny_flux()["model"]
     with model_folder("diffusion_models", path.parent):
         (model,) = nodes.UNETLoader().load_unet(path.name, "default")
     folder = tmp_path_factory.mktemp("hypersubject_flux")
@@ -78,7 +78,7 @@ def test_flux_dev_has_152_targets_and_the_decoder_stays_small_at_rank_4_and_16()
     assert counts[4].outputs == 4 * sum(t.in_features + t.out_features for t in targets)
     assert counts[16].outputs == 4 * counts[4].outputs
     assert counts[16].decoder - counts[4].decoder == 12 * 256  # only the rank embedding grows
-    heads = 256 * (3072 + 15360 + 3072 + 9216 + 21504)  # one per (role, width): down 3072 / 15360, up 3072 / 9216 / 21504
+    heads = 256 * (3072 + 15360 + 3072 + 9216 + 21504)  # one per (role, width): down 3072, 15360; up 3072, 9216, 21504
     assert heads < counts[4].decoder < heads + 2e6
 
 

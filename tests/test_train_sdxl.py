@@ -49,12 +49,12 @@ def test_the_sdxl_unet_gets_what_comfyuis_sampler_gives_it_pooled_text_and_image
         sigma = torch.tensor([3.0])
         text = sdxl_base.encode_text(["a toy on a blue background"])
         assert text.context.shape == (1, 77, 2048) and text.pooled.shape == (1, 1280)
-        ours = x - sigma * sdxl_base.predict_noise(x, sigma, text)
+        ours = x - sigma * sdxl_base.predict(x, sigma, text)
         torch.testing.assert_close(ours, comfy_denoised(sdxl_base, x, sigma, "a toy on a blue background"),
                                    rtol=1e-5, atol=1e-5)
         other_pooled = EncodedText(text.context, sdxl_base.encode_text(["a red toy"]).pooled)
-        assert not torch.allclose(sdxl_base.predict_noise(x, sigma, other_pooled),
-                                  sdxl_base.predict_noise(x, sigma, text), atol=1e-6)
+        assert not torch.allclose(sdxl_base.predict(x, sigma, other_pooled),
+                                  sdxl_base.predict(x, sigma, text), atol=1e-6)
 
 
 def test_a_short_run_on_the_sdxl_base_lowers_the_loss_and_writes_an_sdxl_hypernet(sdxl_base, sdxl_run):

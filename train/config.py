@@ -42,8 +42,13 @@ class TrainConfig:
     num_workers: int = param(0, "DataLoader worker processes per rank (0: load in the training process)", "data")
 
     # model
-    base_checkpoint: str = param("", "frozen base model: a standard SD1.5-family .safetensors checkpoint with its "
-                                     "VAE and text encoder", "model")
+    base_checkpoint: str = param("", "frozen base model: a standard SD1.5- or SDXL-family .safetensors checkpoint "
+                                     "with its VAE and text encoder, or a diffusion model alone (as Flux ships) with "
+                                     "base_vae and text_cache", "model")
+    base_vae: str = param("", "VAE file of a base_checkpoint that is a diffusion model alone (Flux: ae.safetensors)",
+                          "model")
+    text_cache: str = param("", "captions encoded once by python -m train.text_cache (README): the text encoder is "
+                                "then never loaded; required with base_vae", "model")
     rank: int = param(4, "rank of the predicted LoRAs", "model")
     alpha: float = param(4.0, "LoRA alpha; the LoRA scale is alpha / rank", "model")
     d_model: int = param(256, "width of the weight decoder", "model")

@@ -47,9 +47,11 @@ def finetune_lora(base: FrozenBase, images: Tensor, captions: list[str], rank: i
             timesteps = torch.randint(base.num_timesteps, (NOISE_DRAWS,), generator=generator)
             sigma = base.model_sampling.sigmas[timesteps.to(device)]
             noise = torch.randn((NOISE_DRAWS, *latents.shape[1:]), generator=generator).to(device)
-            x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents[drawn.to(device)])
-            eps = base.predict_noise(x_noisy, sigma, base.encode_text([captions[i] for i in drawn]))
-            loss = denoising_loss(eps, noise, None if masks is None else masks[drawn], subject_loss_weight)
+            x0 = latents[drawn.to(device)]
+            x_noisy = base.model_sampling.noise_scaling(sigma, noise, x0)
+            prediction = base.predict(x_noisy, sigma, base.encode_text([captions[i] for i in drawn]))
+            loss = denoising_loss(prediction, base.target(noise, x0), None if masks is None else masks[drawn],
+                                  subject_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -4,11 +4,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def denoising_loss(eps: Tensor, noise: Tensor, masks: Tensor | None, subject_loss_weight: float) -> Tensor:
-    """MSE; with masks (B×H×W, 1 on the subject), each latent cell weighted by `subject_cell_weights`."""
+def denoising_loss(prediction: Tensor, target: Tensor, masks: Tensor | None, subject_loss_weight: float) -> Tensor:
+    """MSE of the model's prediction against its target (ε, or Flux's velocity); with masks (B×H×W, 1 on the
+    subject), each latent cell weighted by `subject_cell_weights`."""
     if masks is None or subject_loss_weight == 0:
-        return F.mse_loss(eps, noise)
-    return weighted_mse(eps, noise, subject_cell_weights(masks.to(eps.device), eps.shape[-2:], subject_loss_weight))
+        return F.mse_loss(prediction, target)
+    weights = subject_cell_weights(masks.to(prediction.device), prediction.shape[-2:], subject_loss_weight)
+    return weighted_mse(prediction, target, weights)
 
 
 def subject_cell_weights(masks: Tensor, cells: tuple[int, int], subject_loss_weight: float) -> Tensor:
@@ -16,6 +18,6 @@ def subject_cell_weights(masks: Tensor, cells: tuple[int, int], subject_loss_wei
     return 1.0 + subject_loss_weight * F.adaptive_avg_pool2d(masks[:, None].to(torch.float32), cells)
 
 
-def weighted_mse(eps: Tensor, noise: Tensor, weights: Tensor) -> Tensor:
+def weighted_mse(prediction: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     """Squared error weighted per latent cell, weights scaled to mean 1 per image so the loss keeps its scale."""
-    return ((eps.float() - noise.float()) ** 2 * (weights / weights.mean(dim=(1, 2, 3), keepdim=True))).mean()
+    return ((prediction.float() - target.float()) ** 2 * (weights / weights.mean(dim=(1, 2, 3), keepdim=True))).mean()

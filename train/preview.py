@@ -41,19 +41,19 @@ def sample_grid(base: FrozenBase, lora: PredictedLoRA, references: Tensor, capti
     noise = torch.randn((k, *latent_size), generator=torch.Generator().manual_seed(seed)).to(base.device)
 
     def eps_base(x, sigma):
-        u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
+        u, c = base.predict(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
         return u + (c - u) * S_TEXT
 
     def eps_personalized(x, sigma):
         with PerSampleLoRA(base.diffusion_model, lora) as injected:
             injected.rows = list(range(k)) * 2  # [personalized uncond | personalized cond]
-            u, c = base.predict_noise(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
+            u, c = base.predict(x.repeat(2, 1, 1, 1), sigma.repeat(2), text).chunk(2)
         return u + (c - u) * S_TEXT
 
     def eps_hm_cfg(x, sigma):
         with PerSampleLoRA(base.diffusion_model, lora) as injected:
             injected.rows = [-1] * (2 * k) + list(range(k))
-            out = base.predict_noise(x.repeat(3, 1, 1, 1), sigma.repeat(3), text_hm_cfg)
+            out = base.predict(x.repeat(3, 1, 1, 1), sigma.repeat(3), text_hm_cfg)
         return hm_cfg(*out.chunk(3), s_text=S_TEXT, s_subject=S_SUBJECT)
 
     columns = [references.cpu(), *(base.decode_latents(euler(base, noise, eps))

@@ -86,7 +86,7 @@ def fine_tune_each(cfg: TrainConfig, subjects: list[Subject], steps: int, images
         if base is None:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             import_comfy(cpu=device.type == "cpu")
-            base = FrozenBase.load(cfg.base_checkpoint, device)
+            base = FrozenBase.load(cfg.base_checkpoint, device, vae=cfg.base_vae, text_cache=cfg.text_cache)
         pictures, captions, masks = subject_images(subject, images, cfg.image_size, cfg.subject_loss_weight > 0)
         ((_, lora, seconds),) = finetune_lora(base, pictures, captions, cfg.rank, cfg.alpha, (steps,), cfg.seed, masks,
                                              cfg.subject_loss_weight, adam_eps=ADAM_EPS)

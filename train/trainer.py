@@ -82,7 +82,7 @@ def _train(cfg: TrainConfig, source: str, proc: distributed.Process, base: Froze
     # frozen base model, the hypernet, its EMA, the optimizer
     import_comfy(cpu=proc.device.type == "cpu")
     dtype = unet_dtype(cfg.amp)
-    base = base or FrozenBase.load(cfg.base_checkpoint, proc.device, dtype)
+    base = base or FrozenBase.load(cfg.base_checkpoint, proc.device, dtype, cfg.base_vae, cfg.text_cache)
     if cfg.grad_checkpointing:
         base.enable_grad_checkpointing()
     clip_vision = FrozenClipVision(cfg.clip_vision) if cfg.encoder == "clip_vision" else None
@@ -289,8 +289,9 @@ def batch_losses(model: nn.Module, base: FrozenBase, batch: dict, clip_vision: F
     with PerSampleLoRA(base.diffusion_model, lora):  # row i ↔ subject i
         with autocast(base.device, amp):
             x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
-            eps = base.predict_noise(x_noisy, sigma, text)
-        yield {"mse": denoising_loss(eps, noise, batch.get("target_mask"), subject_loss_weight), **losses}
+            prediction = base.predict(x_noisy, sigma, text)
+        yield {"mse": denoising_loss(prediction, base.target(noise, latents), batch.get("target_mask"),
+                                     subject_loss_weight), **losses}
 
 
 def accumulate_gradients(model: nn.Module, base: FrozenBase, clip_vision: FrozenClipVision | None,

@@ -46,8 +46,8 @@ def identity_gap(base, net: hypernet.HyperNet, batch: dict) -> dict[str, float]:
     latents = base.encode_images(batch["target"])
     sigma, noise = sample_noise(batch["seed"], latents.shape[1:], base)
     x_noisy = base.model_sampling.noise_scaling(sigma, noise, latents)
-    eps = base.predict_noise(x_noisy, sigma, base.encode_text(batch["caption"]))
-    losses["none"] = torch.nn.functional.mse_loss(eps, noise).item()
+    prediction = base.predict(x_noisy, sigma, base.encode_text(batch["caption"]))
+    losses["none"] = torch.nn.functional.mse_loss(prediction, base.target(noise, latents)).item()
     return losses
 
 
