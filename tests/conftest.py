@@ -95,6 +95,7 @@ def hypernet_files(pack, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hypersubject")
     folder_paths.add_model_folder_path("hypersubject", str(folder))
     return {"tiny.safetensors": write_tiny_hypernet(folder / "tiny.safetensors", seed=0),
+            "tiny_flux.safetensors": write_tiny_hypernet(folder / "tiny_flux.safetensors", seed=2, family="flux"),
             "tiny_clip_vision.safetensors": write_tiny_hypernet(folder / "tiny_clip_vision.safetensors", seed=1,
                                                                 encoder="clip_vision")}
 

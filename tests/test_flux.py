@@ -19,19 +19,13 @@ FLUX_DEV = dict(FLUX_TINY, context_in_dim=4096, depth=19, depth_single_blocks=38
 
 
 @pytest.fixture(scope="module")
-def flux(comfy_root, tmp_path_factory):
-    """The tiny Flux MODEL through the stock UNETLoader, and a flux hypernet registered as tiny_flux.safetensors."""
-    import folder_paths
-
+def flux(comfy_root, hypernet_files):
+    """The tiny Flux MODEL through the stock UNETLoader (its hypernet: tiny_flux.safetensors)."""
     from bench.harness.tiny_files import tiny_flux
-    from bench.tiny_checkpoints import write_tiny_hypernet
 
     path = tiny_flux()["model"]
     with model_folder("diffusion_models", path.parent):
         (model,) = nodes.UNETLoader().load_unet(path.name, "default")
-    folder = tmp_path_factory.mktemp("hypersubject_flux")
-    folder_paths.add_model_folder_path("hypersubject", str(folder))
-    write_tiny_hypernet(folder / "tiny_flux.safetensors", seed=2, family="flux")
     return model
 
 

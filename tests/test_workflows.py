@@ -76,3 +76,27 @@ def test_the_batch_script_queues_images_times_prompts_and_collects_every_image(s
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4/4 done" in result.stdout
     assert len(list(out.glob("*.png"))) == 4
+
+
+@pytest.mark.slow  # the server loads the 533M-parameter tiny Flux
+def test_the_flux_workflow_runs_over_the_api_on_the_fast_path(served):
+    from bench.harness.tiny_files import tiny_flux
+
+    files = tiny_flux()
+    for folder, name, kind in (("diffusion_models", "flux1-dev.safetensors", "model"), ("vae", "ae.safetensors", "vae"),
+                               ("text_encoders", "clip_l.safetensors", "clip_l")):
+        link = served.base / "models" / folder / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(files[kind])
+    graph = tiny(workflow_files.api("hypersubject_flux"))
+    for node_id, node in graph.items():
+        if node["class_type"] == "HyperSubjectLoader":
+            node["inputs"]["hypernet_name"] = "tiny_flux.safetensors"
+        if node["class_type"] == "DualCLIPLoader":  # the tiny Flux reads CLIP-L's 768-d text; no T5-XXL fits here
+            graph[node_id] = {"class_type": "CLIPLoader",
+                              "inputs": {"clip_name": "clip_l.safetensors", "type": "stable_diffusion"}}
+    log_before = len(served.log())
+    [image] = saved_images(served, run_ok(served, graph))
+    assert image.size == (64, 64)
+    assert "HM-CFG: fast path" in served.log()[log_before:]
