@@ -68,7 +68,8 @@ def test_a_short_run_on_the_sdxl_base_lowers_the_loss_and_writes_an_sdxl_hyperne
     assert cross_keys and all(t.in_features == 2048 for t in cross_keys)
 
 
-def test_the_nodes_apply_the_sdxl_hypernets_lora_and_hm_cfg_follows_its_formula(sdxl_base, sdxl_run, pack):
+def test_the_nodes_apply_the_sdxl_lora_and_hm_cfg_follows_its_formula_in_two_rows_at_s_text_one(sdxl_base, sdxl_run,
+                                                                                                 pack):
     import comfy.model_patcher
     import comfy.samplers
     import folder_paths
@@ -95,3 +96,14 @@ def test_the_nodes_apply_the_sdxl_hypernets_lora_and_hm_cfg_follows_its_formula(
     assert (p - c).abs().max() > 1e-4, "the LoRA must change the prediction for this test to mean anything"
     expected = u + 4.0 * (c - u) + 2.0 * (p - c)
     assert (one_step_denoised(guider, 2.0) - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+    (cfg1,) = run(pack["HMCFGGuider"], base_model=base, personalized_model=personalized, positive=positive,
+                  negative=negative, s_text=1.0, s_subject=2.0, start_percent=0.0, end_percent=1.0)
+    rows = []
+    handle = sdxl_base.diffusion_model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        got = one_step_denoised(cfg1, 2.0)
+    finally:
+        handle.remove()
+    assert rows == [2]  # s_text 1: [cond, personalized cond], the unconditional never evaluated
+    expected = c + 2.0 * (p - c)
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
