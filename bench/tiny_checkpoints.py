@@ -55,11 +55,13 @@ FLUX_TINY = {"in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_
 
 
 def init_fan_in_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
-    """Norms to identity, biases to zero, every other weight N(0, 1/fan_in): finite, seed-dependent outputs."""
+    """Norms to identity (GroupNorm and LayerNorm weights, RMSNorm scales), biases to zero, every other weight
+    N(0, 1/fan_in): finite, seed-dependent outputs."""
     for sub in module.modules():
         for name, param in sub.named_parameters(recurse=False):
             with torch.no_grad():
-                if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and name == "weight":
+                norm_weight = isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and name == "weight"
+                if norm_weight or name == "scale":
                     param.fill_(1.0)
                 elif name == "bias" or param.ndim < 2:
                     param.zero_()
@@ -80,22 +82,12 @@ def tiny_unet_state_dict(seed: int, unet_config: dict = SD15_TINY_UNET) -> dict:
 
 
 def flux_state_dict(seed: int, config: dict = FLUX_TINY) -> dict:
-    """ComfyUI's own Flux transformer, RMSNorm scales at 1, biases 0, other weights N(0, 1/fan_in); keys as in a
-    Flux diffusion-model file (no prefix)."""
+    """ComfyUI's own Flux transformer with explicit init, keys as in a Flux diffusion-model file (no prefix)."""
     import comfy.ldm.flux.model
     import comfy.ops
 
     model = comfy.ldm.flux.model.Flux(**config, operations=comfy.ops.disable_weight_init)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(".scale"):
-                param.fill_(1.0)
-            elif param.ndim < 2:
-                param.zero_()
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel() ** 0.5)
-    return model.state_dict()
+    return init_fan_in_(model, torch.Generator().manual_seed(seed)).state_dict()
 
 
 def taesd_state_dict(seed: int, latent_channels: int = 4) -> dict:

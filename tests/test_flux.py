@@ -2,7 +2,6 @@
 and targets, Apply and Save Predicted LoRA against the stock LoraLoader, HM-CFG against its formula at cfg 1."""
 import comfy.ldm.flux.model
 import comfy.ops
-import comfy.samplers
 import node_helpers
 import nodes
 import pytest
@@ -11,6 +10,7 @@ import torch
 from bench.harness.node_harness import conditioning, model_folder, one_step_denoised, predicted_lora, run
 from bench.tiny_checkpoints import FLUX_TINY
 from hypernet import count_parameters, family_targets
+from test_nodes_hmcfg import single_model_prediction
 
 pytestmark = pytest.mark.slow  # a 533M-parameter model
 LATENT = (1, 16, 8, 8)  # 64 px: 16 image tokens
@@ -44,10 +44,7 @@ def flux_lora(pack, flux):
 
 
 def flux_prediction(model, cond, sigma: float = 0.7):
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(cond, cond)
-    guider.set_cfg(1.0)
-    return one_step_denoised(guider, sigma, shape=LATENT)
+    return single_model_prediction(model, cond, sigma, shape=LATENT)
 
 
 def test_the_stock_loaded_flux_model_is_the_flux_family_with_its_attention_and_single_block_targets(flux):

@@ -26,12 +26,12 @@ def setup(pack, sd15, hypernet_files):
             "positive": conditioning(clip, "a toy on a blue background"), "negative": conditioning(clip, "")}
 
 
-def single_model_prediction(model, cond, sigma):
+def single_model_prediction(model, cond, sigma, shape=(1, 4, 8, 8)):
     """ε from one model and one cond alone (cfg 1 evaluates the cond only)."""
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(cond, cond)
     guider.set_cfg(1.0)
-    return one_step_denoised(guider, sigma)
+    return one_step_denoised(guider, sigma, shape=shape)
 
 
 def formula_reference(setup, personalized, sigma, s_text=S_TEXT, s_subject=S_SUBJECT, base=None):

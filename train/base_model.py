@@ -79,6 +79,7 @@ class FrozenBase:
         if vae is None:
             raise ValueError(f"{source} has no VAE: give the base model's VAE file as base_vae")
         check_trainable(model, source)
+        self.flux = is_flux(model)
         self.model = model.to(device).requires_grad_(False).eval()
         self.clip, self.vae = clip, vae
         self.diffusion_model = model.diffusion_model
@@ -183,12 +184,6 @@ class FrozenBase:
             inputs["guidance"] = torch.full((latent_shape[0],), FLUX_GUIDANCE, device=self.device)
         return inputs
 
-    @property
-    def flux(self) -> bool:
-        import comfy.model_base
-
-        return type(self.model) is comfy.model_base.Flux
-
     def enable_grad_checkpointing(self) -> None:
         """Recompute every res block and spatial transformer (Flux: every block) in the backward pass instead of
         storing activations.
@@ -202,12 +197,15 @@ class FrozenBase:
         from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
         for module in self.diffusion_model.modules():
-            if isinstance(module, (ResBlock, SpatialTransformer)) and "forward" not in vars(module):
-                module.forward = functools.partial(torch.utils.checkpoint.checkpoint, module.forward,
-                                                   use_reentrant=False)
-            if isinstance(module, (DoubleStreamBlock, SingleStreamBlock)) and "forward" not in vars(module):
-                module.forward = functools.partial(torch.utils.checkpoint.checkpoint, with_saved_copies(module.forward),
-                                                   use_reentrant=False)
+            if "forward" in vars(module):
+                continue  # wrapped already
+            if isinstance(module, (DoubleStreamBlock, SingleStreamBlock)):
+                forward = with_saved_copies(module.forward)
+            elif isinstance(module, (ResBlock, SpatialTransformer)):
+                forward = module.forward
+            else:
+                continue
+            module.forward = functools.partial(torch.utils.checkpoint.checkpoint, forward, use_reentrant=False)
 
 
 def saved_copies():
@@ -228,13 +226,20 @@ def with_saved_copies(forward):
     return run
 
 
+def is_flux(model) -> bool:
+    """Whether a ComfyUI model is Flux.1 itself (Flux.2 and Chroma subclass its class but differ)."""
+    import comfy.model_base
+
+    return type(model) is comfy.model_base.Flux
+
+
 def check_trainable(model, source: str) -> None:
     """Refuse a base model the trainer cannot train for: eps-prediction SD1.5 and SDXL families, and Flux.1."""
     import comfy.model_base
 
     eps_unet = model.model_type == comfy.model_base.ModelType.EPS and (
         not model.adm_channels or isinstance(model, comfy.model_base.SDXL))
-    if not (eps_unet or type(model) is comfy.model_base.Flux):
+    if not (eps_unet or is_flux(model)):
         raise ValueError(f"{source} is a {type(model).__name__} ({model.model_type.name}): the trainer supports "
                          f"eps-prediction SD1.5-family and SDXL-family base models, and Flux.1")
 
