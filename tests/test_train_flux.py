@@ -54,9 +54,20 @@ def test_the_text_cache_holds_every_caption_and_the_empty_one_and_refuses_others
         flux_base.encode_text(["a caption nobody encoded"])
 
 
+def test_a_file_that_is_not_a_text_cache_or_a_diffusion_model_is_refused_naming_it_and_the_fix(flux_files, tmp_path):
+    with pytest.raises(ValueError, match=r"flux_tiny_vae.safetensors is not a HyperSubject text cache \(format None, "
+                                         r"expected 'hypersubject.text_cache.v1'\): make it with python -m "
+                                         r"train.text_cache"):
+        text_cache.read(str(flux_files["vae"]))
+    with pytest.raises(ValueError, match="flux_tiny_vae.safetensors is not a diffusion model ComfyUI recognises: with "
+                                         "base_vae it must be a diffusion model alone"):
+        FrozenBase.load(str(flux_files["vae"]), torch.device("cpu"), vae=str(flux_files["vae"]))
+
+
 @torch.no_grad()
 def test_the_prediction_is_comfyuis_own_flux_velocity_with_its_pooled_text_and_guidance(flux_base):
     import comfy.sampler_helpers
+    import comfy.samplers
 
     text = flux_base.encode_text(["a toy"])
     x, sigma = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
