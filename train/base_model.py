@@ -112,9 +112,9 @@ class FrozenBase:
             state, metadata = comfy.utils.load_torch_file(checkpoint, safe_load=True, return_metadata=True)
             patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype}, metadata=metadata)
             if patcher is None:
-                raise ValueError(f"base_checkpoint {checkpoint} is not a diffusion model ComfyUI recognises: with base_vae "
-                                 f"it must be a diffusion model alone (a Flux.1 file such as flux1-dev.safetensors); "
-                                 f"for a full checkpoint leave base_vae empty")
+                raise ValueError(f"base_checkpoint {checkpoint} is not a diffusion model ComfyUI recognises: with "
+                                 f"base_vae it must be a diffusion model alone (a Flux.1 file such as "
+                                 f"flux1-dev.safetensors); for a full checkpoint leave base_vae empty")
             clip, vae_model = None, comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae, safe_load=True))
         else:
             text_dtype = {"dtype": torch.float32} if device.type == "cpu" else {}  # ComfyUI's fp16 is slow on CPUs
