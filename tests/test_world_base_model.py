@@ -5,7 +5,7 @@ import torch
 from bench.tiny_checkpoints import SD15_TINY_UNET
 from hypernet import find_targets
 from bench.world.base.build import read_checkpoint, unet_keys, vae_keys, write_checkpoint
-from bench.world.base.train_unet import caption_texts, described_contexts, new_world_model, train_step
+from bench.world.base.train_unet import built_unet, caption_texts, described_contexts, new_world_model, train_step
 from bench.world.contexts import all_contexts, parse_prompt
 from bench.world.subjects import split_subjects
 
@@ -74,3 +74,14 @@ def test_the_subject_weight_weights_the_toys_latent_cells_and_zero_is_plain_mse(
     plain = diffusion_loss(model, latents, context, torch.Generator().manual_seed(0))
     uniform = diffusion_loss(model, latents, context, torch.Generator().manual_seed(0), torch.full((2, 1, 8, 8), 3.0))
     assert torch.allclose(plain, uniform)
+
+
+def test_a_run_can_start_from_the_unet_of_a_built_checkpoint(tmp_path):
+    path = _untrained_world_checkpoint(tmp_path / "world.safetensors")
+    unet = new_world_model(seed=1).diffusion_model
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.load_state_dict(built_unet(path))  # strict: every UNet key and nothing else
+    built = new_world_model(seed=0).diffusion_model.state_dict()
+    changed = [k for k, v in unet.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(v.dtype == torch.float32 for v in unet.state_dict().values())
+    assert all(torch.equal(v, built[k].half().float()) for k, v in unet.state_dict().items())

@@ -16,7 +16,8 @@ from train.base_model import FrozenBase
 def test_the_comparison_bench_at_toy_size_gives_every_row_every_column_the_bars_and_a_grid(pack, tmp_path):
     args = compare.parse_args(["--ckpt", str(demo.BASE_MODEL), "--hypernet", str(demo.HYPERNET),
                                "--hypernet-lambda0", str(demo.HYPERNET), "--subjects", "2", "--prompts", "1",
-                               "--seeds", "2", "--hm-cfg", "4", "--finetune-steps", "1", "3", "--out", str(tmp_path)])
+                               "--seeds", "2", "--cfg", "3", "--hm-cfg", "4", "--finetune-steps", "1", "3",
+                               "--out", str(tmp_path)])
     results = compare.run(pack, args)
 
     assert [r["method"] for r in results] == [
@@ -39,6 +40,7 @@ def test_the_comparison_bench_at_toy_size_gives_every_row_every_column_the_bars_
     assert seconds["fine-tuned LoRA, 1 steps"] < seconds["fine-tuned LoRA, 3 steps"]
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["rows"] == results and written["setup"]["vae_psnr"] > 15
+    assert written["setup"]["cfg"] == written["setup"]["s_text"] == 3.0
     bars = written["bars"]  # without a 200-step fine-tune: the render, oracle, class-word and two HM-CFG lines
     assert len(bars) == 6 and bars[0].startswith("PASS exact renders: identity 100 %")
     assert bars[1].startswith("PASS" if results[1]["identity_accuracy"] >= 0.95 else "MISS")

@@ -26,12 +26,13 @@ from hypernet import to_lora_state_dict, write_atomic
 
 from .bars import (CLASS_LEVEL, EXACT, HYPERNET, ORACLE, THROUGH_VAE, bar_report, finetuned, finetuned_hm_cfg,
                    hypernet_hm_cfg)
+from .base.build import WORLD_CFG
 from .base.common import CACHE, REPO, import_comfy, psnr, setup_logging
 from .base.evaluate import load_stock, save_grid, stock_loadable, vae_round_trip
 from .cases import Case, make_cases
 from .contexts import prompt
 from .metrics import context_alignment, diversity, identity_accuracy, nearest_subject, subject_fidelity
-from .node_sampler import CFG, SAMPLER, Row, Sampler
+from .node_sampler import SAMPLER, Row, Sampler
 from .render import render
 from .subjects import ATTRIBUTES, all_subjects, split_subjects
 
@@ -63,7 +64,8 @@ def finetune_rows(sampler: Sampler, cases: list[Case], checkpoint: Path, rank: i
 
     longest = max(steps)
     return ([sampler.row(finetuned(n), cases, lambda case, n=n: personalize(case, n)) for n in steps]
-            + [sampler.row(finetuned_hm_cfg(longest, s), cases, lambda case: personalize(case, longest), (CFG, s))
+            + [sampler.row(finetuned_hm_cfg(longest, s), cases, lambda case: personalize(case, longest),
+                           (sampler.cfg, s))
                for s in hm_cfg])
 
 
@@ -196,9 +198,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--subjects", type=int, default=8, help="held-out subjects to show (at most 24; identity is "
                                                                 "always the nearest of all 24)")
     parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--cfg", type=float, default=WORLD_CFG, help="KSampler cfg and HM-CFG s_text of every row")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--hm-cfg", type=float, nargs="+", default=[1.0, 2.0, 3.0],
-                        help="s_subject values (s_text 5)")
+                        help="s_subject values (s_text: --cfg)")
     parser.add_argument("--finetune-steps", type=int, nargs="+", default=[50, 200, 800])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=CACHE / "compare")
@@ -224,7 +227,7 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     with torch.inference_mode():
         checkpoint = stock_loadable(args.ckpt, args.out / "work")
         model, clip, vae = load_stock(checkpoint)
-    sampler = Sampler(pack, model, clip, vae, args.seeds)
+    sampler = Sampler(pack, model, clip, vae, args.seeds, args.cfg)
     cases = make_cases(args.subjects, args.prompts, seed=args.seed)
 
     def hypernet(name: str):
@@ -237,7 +240,7 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     rows += finetune_rows(sampler, cases, checkpoint, config.rank, config.alpha, tuple(args.finetune_steps),
                           args.hm_cfg, args.out / "finetuned")
     rows += [sampler.row(HYPERNET, cases, hypernet("world.safetensors")),
-             *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (CFG, s))
+             *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (sampler.cfg, s))
                for s in args.hm_cfg)]
     if args.hypernet_lambda0:
         rows.append(sampler.row("hypernet λ = 0, plain CFG", cases, hypernet("world_lambda0.safetensors")))
@@ -247,8 +250,8 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     middle = sorted(args.finetune_steps)[len(args.finetune_steps) // 2]
     grid(by_name, cases, [ORACLE, CLASS_LEVEL, finetuned(middle), HYPERNET, hypernet_hm_cfg(max(args.hm_cfg))],
          args.out / "grid.png")
-    setup = {"seed": args.seed, "subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds, "cfg": CFG,
-             "s_text": CFG, **SAMPLER, "vae_psnr": vae_psnr,
+    setup = {"seed": args.seed, "subjects": args.subjects, "prompts": args.prompts, "seeds": args.seeds,
+             "cfg": args.cfg, "s_text": args.cfg, **SAMPLER, "vae_psnr": vae_psnr,
              **{name: repo_relative(getattr(args, name)) for name in ("hypernet", "hypernet_lambda0", "ckpt")
                 if getattr(args, name)}}
     bars = bar_report(results, args.finetune_steps, args.hm_cfg)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .base.build import WORLD_CFG
 from .base.common import CACHE, REPO, import_comfy
 from .base.evaluate import save_grid, stock_loadable
 from .cases import make_cases
@@ -33,7 +34,8 @@ WORKFLOW = REPO / "workflows" / "api" / "hypersubject_one_image.json"
 
 
 def demo_graph(graph: dict, checkpoint: str, hypernet: str, image: str, text: str, seed: int) -> dict:
-    """The shipped workflow with the world's files, 64 px latents, this subject image, prompt and seed."""
+    """The shipped workflow with the world's files, 64 px latents, the world's guidance scale, this subject image,
+    prompt and seed."""
     from bench.harness.workflow_files import queue_batch
 
     graph = queue_batch().personalize(graph, image, text, seed)
@@ -45,6 +47,8 @@ def demo_graph(graph: dict, checkpoint: str, hypernet: str, image: str, text: st
             inputs["hypernet_name"] = hypernet
         elif node["class_type"] == "EmptyLatentImage":
             inputs.update(width=64, height=64)
+        elif node["class_type"] == "HMCFGKSampler":
+            inputs["s_text"] = WORLD_CFG
         elif node["class_type"] == "SaveImage":
             inputs["filename_prefix"] = "hypersubject/world_demo"
     return graph

@@ -14,7 +14,6 @@ from .subjects import CLASS_WORD, describe
 
 log = logging.getLogger(__name__)
 SAMPLER = dict(steps=20, sampler_name="euler", scheduler="normal")
-CFG = 5.0
 
 
 @dataclass
@@ -29,8 +28,8 @@ class Row:
 class Sampler:
     """ComfyUI nodes in-process (under inference mode, as the executor runs them) for one base checkpoint."""
 
-    def __init__(self, pack: dict, model, clip, vae, seeds: int):
-        self.pack, self.model, self.clip, self.vae, self.seeds = pack, model, clip, vae, seeds
+    def __init__(self, pack: dict, model, clip, vae, seeds: int, cfg: float):
+        self.pack, self.model, self.clip, self.vae, self.seeds, self.cfg = pack, model, clip, vae, seeds, cfg
 
     @cache
     def encode(self, text: str):
@@ -49,7 +48,7 @@ class Sampler:
         positive, negative = self.encode(text), self.encode("")
         latent = nodes.EmptyLatentImage().generate(64, 64, self.seeds)[0]
         if hm_cfg is None:
-            samples = nodes.KSampler().sample(personalized or self.model, seed, SAMPLER["steps"], CFG,
+            samples = nodes.KSampler().sample(personalized or self.model, seed, SAMPLER["steps"], self.cfg,
                                               SAMPLER["sampler_name"], SAMPLER["scheduler"], positive, negative,
                                               latent)[0]
         else:

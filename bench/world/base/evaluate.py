@@ -18,7 +18,7 @@ import torch
 from ..contexts import BACKGROUNDS, LIGHTINGS, POSITIONS, SIZES, all_contexts, prompt
 from ..metrics import context_alignment
 from ..subjects import split_subjects
-from .build import complete_state, read_checkpoint, write_checkpoint
+from .build import WORLD_CFG, complete_state, read_checkpoint, write_checkpoint
 from .common import CACHE, import_comfy, psnr, render_batch, setup_logging
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def run(argv=None) -> None:
     parser.add_argument("--prompts", type=int, default=72, help="number of contexts (evenly spread over the 72)")
     parser.add_argument("--seeds", type=int, default=2, help="samples per prompt")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--cfg", type=float, default=WORLD_CFG)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=CACHE / "eval")

@@ -30,7 +30,7 @@ from ..subjects import Subject, describe, split_subjects
 from train.losses import subject_cell_weights, weighted_mse
 from train.state import load_optimizer, optimizer_tensors
 
-from .build import WORLD_UNET
+from .build import UNET_PREFIX, WORLD_UNET, read_checkpoint
 from .common import CACHE, append_jsonl, import_comfy, load_state, parse_config, save_state, setup_logging
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class UNetConfig:
     save_every_s: float = field(default=240.0, metadata={"help": "checkpoint at least this often (seconds)"})
     vae: str = field(default=str(CACHE / "vae_state.safetensors"), metadata={"help": "trained TAESD checkpoint (train_vae)"})
     out: str = field(default=str(CACHE / "unet_state.safetensors"), metadata={"help": "checkpoint path"})
+    init_from: str = field(default="", metadata={
+        "help": "a built world checkpoint (build.py) whose UNet starts a new run, as model and EMA (fresh optimizer)"})
 
 
 def new_world_model(seed: int, unet_config: dict = WORLD_UNET):
@@ -179,6 +181,12 @@ def training_batch(config: UNetConfig, step: int, subjects: list[Subject], descr
     return latents, encodings[torch.tensor(index)], weights
 
 
+def built_unet(path: Path) -> dict[str, torch.Tensor]:
+    """The UNet weights of a built world checkpoint, in fp32."""
+    return {k.removeprefix(UNET_PREFIX): v.float() for k, v in read_checkpoint(path)[0].items()
+            if k.startswith(UNET_PREFIX)}
+
+
 @torch.no_grad()
 def update_ema(ema, model, decay: float, step: int) -> None:
     """Exponential moving average, with the usual (1+n)/(10+n) warm-up of the decay."""
@@ -210,6 +218,11 @@ def main(argv=None) -> None:
         load_optimizer(optimizer, state["optimizer"], document["optimizer_param_groups"])
         start = document["step"]
         log.info("resumed from %s at step %d", out, start)
+    elif config.init_from:
+        weights = built_unet(Path(config.init_from))
+        unet.load_state_dict(weights)
+        ema.load_state_dict(weights)
+        log.info("started from the UNet of %s", config.init_from)
 
     curve, t0, last_save, losses = out.with_suffix(".jsonl"), time.time(), time.time(), []
     for step in range(start, config.steps):
