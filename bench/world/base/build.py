@@ -39,6 +39,11 @@ def vae_keys(taesd_state: dict) -> dict:
     return {VAE_PREFIX + k: v.detach().to(torch.float16) for k, v in taesd_state.items()}
 
 
+def unprefixed(state: dict, prefix: str) -> dict:
+    """The weights under one checkpoint prefix, without it, in fp32 (the inverse of `unet_keys` / `vae_keys`)."""
+    return {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}
+
+
 def with_clip(state: dict, clip_seed: int) -> dict:
     """The state plus the regenerated random CLIP-L text encoder (about 4 s, 123M parameters)."""
     return {**state, **clip_l_state_dict(clip_seed)}

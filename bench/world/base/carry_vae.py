@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .build import VAE_PREFIX, read_checkpoint
+from .build import VAE_PREFIX, read_checkpoint, unprefixed
 from .common import CACHE, save_state
 
 
@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     state, metadata = read_checkpoint(args.ckpt)
     trained = json.loads(metadata["info"])["vae"]  # {"step": …, "psnr": …, latent statistics}
-    vae = {k.removeprefix(VAE_PREFIX): v.float() for k, v in state.items() if k.startswith(VAE_PREFIX)}
+    vae = unprefixed(state, VAE_PREFIX)
     save_state(args.out, {"step": trained.pop("step"), "metrics": trained, "carried_from": str(args.ckpt)},
                {"model": vae})
 

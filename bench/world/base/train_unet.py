@@ -30,7 +30,7 @@ from ..subjects import Subject, describe, split_subjects
 from train.losses import subject_cell_weights, weighted_mse
 from train.state import load_optimizer, optimizer_tensors
 
-from .build import UNET_PREFIX, WORLD_UNET, read_checkpoint
+from .build import UNET_PREFIX, WORLD_UNET, read_checkpoint, unprefixed
 from .common import CACHE, append_jsonl, import_comfy, load_state, parse_config, save_state, setup_logging
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,7 @@ def training_batch(config: UNetConfig, step: int, subjects: list[Subject], descr
 
 def built_unet(path: Path) -> dict[str, torch.Tensor]:
     """The UNet weights of a built world checkpoint, in fp32."""
-    return {k.removeprefix(UNET_PREFIX): v.float() for k, v in read_checkpoint(path)[0].items()
-            if k.startswith(UNET_PREFIX)}
+    return unprefixed(read_checkpoint(path)[0], UNET_PREFIX)
 
 
 @torch.no_grad()
