@@ -40,9 +40,9 @@ def test_every_colour_stays_in_training_both_as_body_and_as_second_colour(seed):
     assert {s.body for s in train} == set(COLOURS) == {s.second for s in train}
 
 
-def test_describe_names_both_colours_in_order():
+def test_describe_names_the_body_colour_once_then_the_second_colour_repeated():
     subject = Subject.from_dict({"id": 0, "body": "red", "second": "orange"})
-    assert describe(subject) == "red and orange toy"
+    assert describe(subject) == "red toy with right half orange orange orange orange"
 
 
 def test_with_attributes_changes_only_the_named_attributes():

@@ -200,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--cfg", type=float, default=WORLD_CFG, help="KSampler cfg and HM-CFG s_text of every row")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--hm-cfg", type=float, nargs="+", default=[1.0, 2.0, 3.0],
+    parser.add_argument("--hm-cfg", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0],
                         help="s_subject values (s_text: --cfg)")
     parser.add_argument("--finetune-steps", type=int, nargs="+", default=[50, 200, 800])
     parser.add_argument("--threads", type=int, default=2)
@@ -239,6 +239,8 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     config = pack["HyperSubjectLoader"].execute(hypernet_name="world.safetensors").args[0].net.config
     rows += finetune_rows(sampler, cases, checkpoint, config.rank, config.alpha, tuple(args.finetune_steps),
                           args.hm_cfg, args.out / "finetuned")
+    for name in (name for name, path in hypernets.items() if path):
+        sampler.hypernet_lora(name, cases[0])  # untimed: a first call's one-time costs are no subject's personalization
     rows += [sampler.row(HYPERNET, cases, hypernet("world.safetensors")),
              *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (sampler.cfg, s))
                for s in args.hm_cfg)]

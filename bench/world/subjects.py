@@ -93,6 +93,15 @@ def split_subjects(seed: int = 0, held_out: int = HELD_OUT) -> tuple[list[Subjec
             return train, [s for s in subjects if s.id in held]
 
 
+SECOND_REPEATS = 4  # how often a description names the second colour (see `describe`)
+
+
 def describe(subject: Subject) -> str:
-    """The identity in words, as the base model learned it: 'red and blue toy' (left half, right half)."""
-    return f"{subject.body} and {subject.second} {CLASS_WORD}"
+    """The identity in words, as the base model learned it: 'red toy with right half blue blue blue blue'.
+
+    The world's random CLIP-L lets the first colour word dominate every later token (in 'a red and blue toy on …' the
+    tokens after the description carry 43–71 % of their variance from the body colour, 27–39 % from the second),
+    so a base model trained on that wording drew the training toys right and the held-out toys' second colour
+    poorly: it had learned colour pairs, not colours. Naming the second colour four times gives it 72–78 % of the
+    later tokens, as emphasis does in a real prompt; the body colour keeps the clean early tokens."""
+    return f"{subject.body} {CLASS_WORD} with right half {' '.join([subject.second] * SECOND_REPEATS)}"

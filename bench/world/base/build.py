@@ -25,8 +25,9 @@ DEFAULT_CLIP_SEED = 0
 # Still detected as SD15 by the stock loader (model_channels 320, context_dim 768), with a transformer in the input
 # block, the middle block and both output blocks: 4 blocks, 32 attention targets for a LoRA (25.8M parameters).
 WORLD_UNET = {**SD15_TINY_UNET, "transformer_depth_output": [1, 1], "transformer_depth_middle": 1}
-# The guidance scale the world's base model samples at (KSampler cfg, HM-CFG s_text) in the bench and the demo.
-WORLD_CFG = 5.0
+# The guidance scale the world's base model samples at (KSampler cfg, HM-CFG s_text) in the bench and the demo: its
+# text oracle falls with cfg (held-out identity 96 % at 2, 85 % at 3, 73 % at 5; 48 cases), context alignment rises.
+WORLD_CFG = 3.0
 
 
 def unet_keys(unet_state: dict) -> dict:

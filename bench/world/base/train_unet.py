@@ -4,9 +4,9 @@
 
 Data: random train subjects (`split_subjects`) in random contexts, rendered with jitter, encoded on the fly by the
 trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215). Captions describe the toy's
-identity for a share of the samples ("a red and blue toy on a green background, …"; each training subject in a fixed
-set of its contexts), give only the class word for the rest ("a toy on a green background, …"), and are empty for
-10 % so CFG works: the base model can draw any toy it is told about, and some toy when it is not, as a real model
+identity for a share of the samples ("a red toy with right half blue blue blue blue on a green background, …"; each
+training subject in a fixed set of its contexts), give only the class word for the rest ("a toy on a green
+background, …"), and are empty for 10 % so CFG works: the base model can draw any toy it is told about, and some toy when it is not, as a real model
 knows "a corgi". All captions are encoded once by the frozen random CLIP-L through ComfyUI's own CLIPTextEncode
 path and cached.
 Noise: ComfyUI's SD15 `ModelSamplingDiscrete` (scaled-linear betas, 1000 steps) and EPS input scaling, taken from
@@ -103,6 +103,13 @@ def prompt_encodings(texts: list[str], clip_seed: int) -> torch.Tensor:
         document, cached = load_state(path)
         if document["texts"] == texts:
             return cached["prompts"]["cond"]
+    cond = encode_texts(texts, clip_seed)
+    save_state(path, {"texts": texts}, {"prompts": {"cond": cond}})
+    return cond
+
+
+def encode_texts(texts: list[str], clip_seed: int) -> torch.Tensor:
+    """(len(texts), 77, 768): CLIPTextEncode of every text with the world's random CLIP-L, uncached."""
     import comfy.sd
     import nodes
 
@@ -112,9 +119,7 @@ def prompt_encodings(texts: list[str], clip_seed: int) -> torch.Tensor:
     # The CLIP object exactly as CheckpointLoaderSimple builds it from a checkpoint with these CLIP-L keys.
     state = with_clip({**tiny_unet_state_dict(0), **taesd_state_dict(0)}, clip_seed)
     clip = comfy.sd.load_state_dict_guess_config(state)[1]
-    cond = torch.cat([nodes.CLIPTextEncode().encode(clip, text)[0][0][0] for text in texts]).float()
-    save_state(path, {"texts": texts}, {"prompts": {"cond": cond}})
-    return cond
+    return torch.cat([nodes.CLIPTextEncode().encode(clip, text)[0][0][0] for text in texts]).float()
 
 
 def load_taesd(path: Path):
