@@ -222,8 +222,9 @@ def main(argv=None) -> None:
 
 def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     """Every row of the table on the same cases; writes results.json, table.md and grid.png into args.out."""
-    hypernets = {"world.safetensors": args.hypernet, "world_lambda0.safetensors": args.hypernet_lambda0}
-    add_hypernets({name: path for name, path in hypernets.items() if path}, args.out / "work" / "hypernets")
+    hypernets = {name: path for name, path in (("world.safetensors", args.hypernet),
+                                               ("world_lambda0.safetensors", args.hypernet_lambda0)) if path}
+    add_hypernets(hypernets, args.out / "work" / "hypernets")
     with torch.inference_mode():
         checkpoint = stock_loadable(args.ckpt, args.out / "work")
         model, clip, vae = load_stock(checkpoint)
@@ -239,7 +240,7 @@ def run(pack: dict, args: argparse.Namespace) -> list[dict]:
     config = pack["HyperSubjectLoader"].execute(hypernet_name="world.safetensors").args[0].net.config
     rows += finetune_rows(sampler, cases, checkpoint, config.rank, config.alpha, tuple(args.finetune_steps),
                           args.hm_cfg, args.out / "finetuned")
-    for name in (name for name, path in hypernets.items() if path):
+    for name in hypernets:
         sampler.hypernet_lora(name, cases[0])  # untimed: a first call's one-time costs are no subject's personalization
     rows += [sampler.row(HYPERNET, cases, hypernet("world.safetensors")),
              *(sampler.row(hypernet_hm_cfg(s), cases, hypernet("world.safetensors"), (sampler.cfg, s))

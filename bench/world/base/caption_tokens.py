@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from ..contexts import all_contexts, prompt
-from ..subjects import COLOURS, all_subjects
+from ..subjects import COLOURS, Subject, all_subjects, describe
 from .common import import_comfy
 from .train_unet import encode_texts
 
+TODAYS_WORDING = describe(Subject(0, "{body}", "{second}"))  # `describe` as a template
 WORDINGS = ("{body} and {second} toy", "{body} toy with a {second} right half",
-            "{body} and {second} {second} {second} toy", "{body} toy with right half {second} {second} {second} {second}")
+            "{body} and {second} {second} {second} toy", TODAYS_WORDING)
 CONTEXTS = (0, 41)  # two contexts with different backgrounds, positions and sizes
 
 
@@ -58,8 +59,8 @@ def report(wording: str, clip_seed: int = 0) -> str:
     pairs = [(s, c) for s in all_subjects() for c in range(len(contexts))]
     texts = [prompt(contexts[c], wording.format(body=s.body, second=s.second)) for s, c in pairs]
     bodies, seconds = [colours.index(s.body) for s, _ in pairs], [colours.index(s.second) for s, _ in pairs]
-    factors = [F.one_hot(torch.tensor(values), n).float()
-               for values, n in ((bodies, len(colours)), (seconds, len(colours)), ([c for _, c in pairs], len(contexts)))]
+    factors = [F.one_hot(torch.tensor(values), n).float() for values, n in
+               ((bodies, len(colours)), (seconds, len(colours)), ([c for _, c in pairs], len(contexts)))]
     example = all_subjects()[0]
     described = prompt(contexts[0], wording.format(body=example.body, second=example.second)).split(" on a ")[0]
     first, end = token_count("a") + 1, token_count(described) + 1

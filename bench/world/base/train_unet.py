@@ -6,8 +6,8 @@ Data: random train subjects (`split_subjects`) in random contexts, rendered with
 trained TAESD exactly as ComfyUI does (VAEEncode, then `process_latent_in` × 0.18215). Captions describe the toy's
 identity for a share of the samples ("a red toy with right half blue blue blue blue on a green background, …"; each
 training subject in a fixed set of its contexts), give only the class word for the rest ("a toy on a green
-background, …"), and are empty for 10 % so CFG works: the base model can draw any toy it is told about, and some toy when it is not, as a real model
-knows "a corgi". All captions are encoded once by the frozen random CLIP-L through ComfyUI's own CLIPTextEncode
+background, …"), and are empty for 10 % so CFG works: the base model can draw any toy it is told about, and some toy
+when it is not, as a real model knows "a corgi". All captions are encoded once by the frozen random CLIP-L through ComfyUI's own CLIPTextEncode
 path and cached.
 Noise: ComfyUI's SD15 `ModelSamplingDiscrete` (scaled-linear betas, 1000 steps) and EPS input scaling, taken from
 the model object that ComfyUI itself samples with.
